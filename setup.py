@@ -1,0 +1,3 @@
+# Legacy shim: all metadata lives in pyproject.toml.
+from setuptools import setup
+setup()
