@@ -65,7 +65,10 @@ def to_plain(x):
 def dist_sum(t: torch.Tensor) -> torch.Tensor:
     "Sum `t` in place over all processes if `torch.distributed` is initialised (no-op otherwise); returns `t`"
     import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized(): dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    if dist.is_available() and dist.is_initialized():
+        u = t.cuda() if dist.get_backend() == 'nccl' and t.device.type != 'cuda' else t   # nccl reduces CUDA tensors only
+        dist.all_reduce(u, op=dist.ReduceOp.SUM)
+        if u is not t: t.copy_(u)
     return t
 
 def is_main_process() -> bool:

@@ -311,14 +311,22 @@ def load_dataset(name:str, train:bool=True, path=None, download:bool=True, **kwa
     "Images (uint8) and labels (int64) of one split of dataset `name`, fetched with torchvision if missing and `download`"
     name = dataset_name(name)
     path = data_path(path)
-    reader = lambda: _READERS[name](path, train, **kwargs)
+    reader = lambda: _check_labels(name, train, *_READERS[name](path, train, **kwargs), kwargs.get('n_classes'))
     try: return reader()
     except FileNotFoundError as e:
         if not download or name not in ('cifar10', 'cifar100', 'svhn', 'fashion_mnist'): raise
         first, root = e, path
     try: _tv_fetch(name, str(root), train)
     except Exception as e: raise FileNotFoundError(f"{first}\nThe download with torchvision failed: {e!r}") from e
-    return _READERS[name](root, train, **kwargs)
+    return _check_labels(name, train, *_READERS[name](root, train, **kwargs), kwargs.get('n_classes'))
+
+def _check_labels(name, train, x, y, n_classes=None):
+    "Refuse labels outside 0..C-1 (C from `dataset_info`, or the synthetic `n_classes`): a corrupt or foreign label file"
+    C = int(n_classes or dataset_info[name]['n_classes'])
+    if len(y) and (y.min() < 0 or y.max() >= C):
+        bad = int(y.min()) if y.min() < 0 else int(y.max())
+        raise CorruptFileError(f"{name} ({'train' if train else 'test'} split): label {bad} is outside the class range 0..{C - 1}")
+    return x, y
 
 # %% ../nbs/01_data.ipynb #6c983518
 def batch_augment(x:torch.Tensor, # float batch (B,C,H,W)

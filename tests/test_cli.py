@@ -23,7 +23,7 @@ def test_console_script_installed():
                                       (('train', '--method', 'madry'), "'madry'"), (('train', '--eps', '2'), 'eps=2.0'),
                                       (('train', '--profile', 'linear'), "'linear'"), (('fly',), "'fly'"),
                                       (('eval', '/nonexistent/best.pth'), '/nonexistent/best.pth'),
-                                      (('train', '--data', 'cifar10', '--path', '/nonexistent', '--no-download'), '/nonexistent')])
+                                      (('train', '--data', 'cifar10', '--path', '/nonexistent', '--download', 'False'), '/nonexistent')])
 def test_bad_input_exit_2(args, msg):
     r = run(*args, '--quiet') if args[0] in ('train', 'eval') else run(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -32,7 +32,7 @@ def test_bad_input_exit_2(args, msg):
 def test_train_writes_cards_and_checkpoints(tmp_path):
     out = tmp_path / 'run'
     r = run('train', '--data', 'synthetic', '--ir', '10', '--method', 'trades', '--epochs', '1', '--bs', '64', '--steps', '2',
-            '--lr', '0.05', '--attacks', 'clean,pgd5', '--aa_n', '0', '--seed', '3', '--out', str(out), '--quiet')
+            '--lr', '0.05', '--attacks', 'clean,pgd5', '--aa-n', '0', '--seed', '3', '--out', str(out), '--quiet')
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ('last.pth', 'best.pth', 'history.csv', 'card_last.json', 'card_best.json', 'per_class_last.png'): assert (out / f).exists(), f
     card = json.loads((out / 'card_last.json').read_text())
@@ -46,3 +46,17 @@ def test_train_writes_cards_and_checkpoints(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     card2 = json.loads((out / 'card_last_eval.json').read_text())
     assert card2['summary']['clean']['overall'] == pytest.approx(card['summary']['clean']['overall'])
+
+def test_resume_without_checkpoint_exit_2(tmp_path):
+    r = run('train', '--data', 'synthetic', '--resume', '--out', str(tmp_path / 'none'), '--quiet')
+    assert r.returncode == 2 and 'last.pth' in r.stderr, r.stderr
+
+def test_last_checkpoint_is_complete(tmp_path):
+    import torch
+    out = tmp_path / 'run'
+    r = run('train', '--data', 'synthetic', '--ir', '10', '--epochs', '1', '--bs', '64', '--steps', '1', '--width', '8',
+            '--attacks', 'clean', '--aa-n', '0', '--rob-batches', '1', '--out', str(out), '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck = torch.load(out / 'last.pth', weights_only=True)
+    assert ck['epoch'] == ck['n_epoch'] == 1 and {'model', 'opt', 'rng', 'callbacks', 'trackers'} <= set(ck)
+    assert not list(out.glob('.last.pth.*.tmp'))          # no temporary file left behind

@@ -118,3 +118,11 @@ def test_ce_feature_grad_and_logit_scale():
     assert torch.equal(scale_logits(net, -3)(x).argmax(1), yy)
     assert zero_grad_fraction(scale_logits(net, -4), x, yy) > 0.9       # stretched logits: gradients vanish
     assert zero_grad_fraction(net, x, yy) == 0.
+
+
+def test_library_rbl_weights_agree_with_theory():
+    # ltat.losses implements REAT's RBL for training; the theory chapter derives it independently
+    from ltat.losses import rbl_weights as lib_rbl
+    n = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]
+    a = [2000, 1500, 1200, 1000, 800, 600, 500, 400, 300, 10]
+    assert np.allclose(lib_rbl(n, a).numpy(), rbl_weights(n, a), rtol=1e-5)

@@ -7,7 +7,7 @@ Docs: https://ltat-dev.github.io/ltat/theory_why_long_tails.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/24_theory_why_long_tails.ipynb #47e4ec6f
+# %% ../../nbs/24_theory_why_long_tails.ipynb #9a4a0ffc
 from .gaussian import *
 from .separability import *
 from .logit_scale import *

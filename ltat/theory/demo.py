@@ -7,7 +7,7 @@ Docs: https://ltat-dev.github.io/ltat/theory_demo.html.md"""
 # %% auto #0
 __all__ = ['TinyMLP', 'fmnist_subset', 'fmnist_lt', 'train_demo', 'predict', 'class_accuracy', 'pgd_eval']
 
-# %% ../../nbs/25_theory_demo.ipynb #642f55fb
+# %% ../../nbs/25_theory_demo.ipynb #31a7275e
 import numpy as np
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..attacks import pgd
 from ..data import load_dataset, lt_counts, lt_indices
 
-# %% ../../nbs/25_theory_demo.ipynb #820c39d6
+# %% ../../nbs/25_theory_demo.ipynb #857bf628
 class TinyMLP(nn.Module):
     "Two-hidden-layer MLP with `features` (penultimate activations) and a linear `head`, the interface of `ltat.models`."
     def __init__(self, in_dim=784, n_classes=10, hidden=128):
@@ -25,7 +25,7 @@ class TinyMLP(nn.Module):
     def features(self, x): return self.body(x)
     def forward(self, x): return self.head(self.body(x))
 
-# %% ../../nbs/25_theory_demo.ipynb #8749fab7
+# %% ../../nbs/25_theory_demo.ipynb #6188858b
 def fmnist_subset(counts, classes=None, train=True, seed=0):
     "Fashion-MNIST images in [0, 1] (N,1,28,28) keeping `counts[i]` images of `classes[i]`, labels renumbered 0..k-1."
     x, y = load_dataset('fashion_mnist', train, download=False)
@@ -36,14 +36,14 @@ def fmnist_subset(counts, classes=None, train=True, seed=0):
     idx = lt_indices(y, counts, seed)                          # LDAM-DRW draw, class i keeps counts[i]
     return torch.from_numpy(x[idx]).float().div(255).unsqueeze(1), torch.from_numpy(y[idx]).long()
 
-# %% ../../nbs/25_theory_demo.ipynb #101ce9d2
+# %% ../../nbs/25_theory_demo.ipynb #247983dc
 def fmnist_lt(ir=50, profile='exp', n_max=2000, n_test=200, classes=None, seed=0):
     "Long-tailed Fashion-MNIST training tensors (`ltat.data.lt_counts`) and a balanced test subset."
     k = 10 if classes is None else len(classes)
     counts = lt_counts(n_max, k, ir, profile)
     return fmnist_subset(counts, classes, True, seed), fmnist_subset([n_test] * k, classes, False, seed)
 
-# %% ../../nbs/25_theory_demo.ipynb #7b5b1cc8
+# %% ../../nbs/25_theory_demo.ipynb #d059a59d
 def train_demo(model, x, y, adv=False, eps=0.1, alpha=0.025, steps=10, epochs=12, bs=128, lr=0.05,
                class_weight=None, attack_loss='ce', on_epoch=None, seed=0):
     "Natural or PGD adversarial training by SGD; returns the per-epoch counts of the predicted classes of the training (adversarial) inputs."
@@ -69,20 +69,20 @@ def train_demo(model, x, y, adv=False, eps=0.1, alpha=0.025, steps=10, epochs=12
     model.eval()
     return torch.stack(hist)
 
-# %% ../../nbs/25_theory_demo.ipynb #b1929ee8
+# %% ../../nbs/25_theory_demo.ipynb #70c74440
 @torch.no_grad()
 def predict(model, x, bs=2000):
     "Predicted classes of `x`, in batches."
     return torch.cat([model(x[i:i + bs]).argmax(1) for i in range(0, len(x), bs)])
 
-# %% ../../nbs/25_theory_demo.ipynb #aa438bb1
+# %% ../../nbs/25_theory_demo.ipynb #3aad6383
 def class_accuracy(y, pred, n_classes=None):
     "Per-class recall of predictions `pred` against labels `y`."
     n = n_classes or int(y.max()) + 1
     ok = (pred == y).double()
     return torch.stack([ok[y == c].mean() for c in range(n)])
 
-# %% ../../nbs/25_theory_demo.ipynb #f4d60d1b
+# %% ../../nbs/25_theory_demo.ipynb #5e943197
 def pgd_eval(model, x, y, eps=0.1, alpha=0.01, steps=20, bs=1000, **kw):
     "PGD-20 adversarial examples of `x` (the papers' evaluation attack), in batches."
     return torch.cat([pgd(model, x[i:i + bs], y[i:i + bs], eps, alpha, steps, **kw) for i in range(0, len(x), bs)])

@@ -7,11 +7,11 @@ Docs: https://ltat-dev.github.io/ltat/theory_effective_number.html.md"""
 # %% auto #0
 __all__ = ['effective_number', 'reat_effective_number', 'rbl_weights', 'chebyshev_sum_bound']
 
-# %% ../../nbs/23_theory_effective_number.ipynb #00d7947d
+# %% ../../nbs/23_theory_effective_number.ipynb #d205e2fc
 import numpy as np
 import torch
 
-# %% ../../nbs/23_theory_effective_number.ipynb #56e80a76
+# %% ../../nbs/23_theory_effective_number.ipynb #ae413c95
 def effective_number(n, beta):
     "Effective number of `n` samples, (1 - beta^n) / (1 - beta), elementwise; the beta -> 1 limit is n."
     n, beta = np.asarray(n, dtype=float), np.asarray(beta, dtype=float)
@@ -21,19 +21,19 @@ def effective_number(n, beta):
     e = np.where(beta >= 1, n, np.where(n == 0, 0., e))
     return e.item() if e.ndim == 0 else e
 
-# %% ../../nbs/23_theory_effective_number.ipynb #6271f93d
+# %% ../../nbs/23_theory_effective_number.ipynb #87b141d2
 def reat_effective_number(n_clean, n_pred):
     "REAT's class-related effective number: beta_i = (n_i - 1)/n_i with `n_pred` adversarial predictions of class i."
     n_clean = np.asarray(n_clean, dtype=float)
     return effective_number(n_pred, (n_clean - 1) / n_clean)
 
-# %% ../../nbs/23_theory_effective_number.ipynb #8c47adec
+# %% ../../nbs/23_theory_effective_number.ipynb #0db484bb
 def rbl_weights(n_clean, n_pred, eps=1e-5):
     "Re-Balancing Loss class weights (REAT Eq. 1): 1/(E_i + eps), normalised to sum to the number of classes."
     w = 1 / (np.asarray(reat_effective_number(n_clean, n_pred)) + eps)
     return w / w.sum() * len(w)
 
-# %% ../../nbs/23_theory_effective_number.ipynb #3ccc396f
+# %% ../../nbs/23_theory_effective_number.ipynb #ff0b24dd
 def chebyshev_sum_bound(priors, class_risks):
     "Inferred REAT Theorem 1: (prior-weighted risk, balanced risk); the first is <= the second when the two are oppositely ordered."
     p, r = np.asarray(priors, dtype=float), np.asarray(class_risks, dtype=float)

@@ -7,18 +7,18 @@ Docs: https://ltat-dev.github.io/ltat/theory_gaussian.html.md"""
 # %% auto #0
 __all__ = ['linear_errors', 'optimal_bias', 'tail_errors', 'gaussian_mixture', 'fit_logistic']
 
-# %% ../../nbs/20_theory_gaussian.ipynb #ca678da8
+# %% ../../nbs/20_theory_gaussian.ipynb #dc88ed9e
 import math
 import torch
 import torch.nn.functional as F
 
-# %% ../../nbs/20_theory_gaussian.ipynb #4c56a64f
+# %% ../../nbs/20_theory_gaussian.ipynb #32fe95bb
 def _Phi(x):
     "Standard normal CDF, elementwise; floats in, floats out."
     t = torch.special.ndtr(torch.as_tensor(x, dtype=torch.float64))
     return t.item() if t.ndim == 0 else t.numpy()
 
-# %% ../../nbs/20_theory_gaussian.ipynb #4ea05268
+# %% ../../nbs/20_theory_gaussian.ipynb #8b451f86
 def linear_errors(w, b, eta, eps=0.):
     "Exact class-wise standard and l-inf robust errors of `sign(w.x + b)` on the mixture of Eq. 2."
     w = torch.as_tensor(w, dtype=torch.float64).detach()
@@ -28,13 +28,13 @@ def linear_errors(w, b, eta, eps=0.):
     err = lambda m, y: _Phi(-(m + y * b) / nw)
     return dict(head_std=err(m_std, 1), tail_std=err(m_std, -1), head_rob=err(m_rob, 1), tail_rob=err(m_rob, -1))
 
-# %% ../../nbs/20_theory_gaussian.ipynb #50a4ff88
+# %% ../../nbs/20_theory_gaussian.ipynb #fa78ff16
 def optimal_bias(n, eta, r, eps=0.):
     "Bias of the optimal natural (`eps=0`) or robust classifier `sign(1.x/sqrt(n) + b)` on Eq. 2 (Eq. 11)."
     if not 0 <= eps < eta: raise ValueError(f"need 0 <= eps < eta, got eps={eps}, eta={eta}")
     return math.log(r) / (2 * math.sqrt(n) * (eta - eps))
 
-# %% ../../nbs/20_theory_gaussian.ipynb #6da2d294
+# %% ../../nbs/20_theory_gaussian.ipynb #78614fdf
 def tail_errors(n, eta, eps, r):
     "Tail-class standard and robust errors of the optimal natural and robust classifiers (Theorem 1, Eqs. 4-5)."
     a, a_eps = math.sqrt(n) * eta, math.sqrt(n) * (eta - eps)
@@ -42,7 +42,7 @@ def tail_errors(n, eta, eps, r):
     return dict(natural_clf_std=_Phi(-a + b_nat), natural_clf_rob=_Phi(-a_eps + b_nat),
                 robust_clf_std=_Phi(-a + b_rob), robust_clf_rob=_Phi(-a_eps + b_rob))
 
-# %% ../../nbs/20_theory_gaussian.ipynb #02f2387c
+# %% ../../nbs/20_theory_gaussian.ipynb #826952e6
 def gaussian_mixture(n_head, n_tail, dim, eta, sigma=1., seed=0):
     "Sample `n_head` points of class +1 from N(eta*1, sigma^2 I) and `n_tail` of class -1 from N(-eta*1, sigma^2 I)."
     g = torch.Generator().manual_seed(seed)
@@ -50,7 +50,7 @@ def gaussian_mixture(n_head, n_tail, dim, eta, sigma=1., seed=0):
     x = eta * y[:, None] + sigma * torch.randn(n_head + n_tail, dim, generator=g, dtype=torch.float64)
     return x, y
 
-# %% ../../nbs/20_theory_gaussian.ipynb #4e1d3486
+# %% ../../nbs/20_theory_gaussian.ipynb #e57b0e74
 def fit_logistic(x, y, eps=0., weight=None, l2=0., steps=500):
     "Fit `sign(w.x + b)` by (l-inf adversarial when `eps>0`, optionally class-weighted) logistic regression; returns (w, b)."
     w = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)

@@ -7,12 +7,12 @@ Docs: https://ltat-dev.github.io/ltat/theory_logit_scale.html.md"""
 # %% auto #0
 __all__ = ['boundary_decomposition', 'ce_feature_grad', 'scale_logits', 'zero_grad_fraction', 'feature_norm_ratio']
 
-# %% ../../nbs/22_theory_logit_scale.ipynb #b58b6972
+# %% ../../nbs/22_theory_logit_scale.ipynb #bd4ec864
 import copy
 import torch
 import torch.nn.functional as F
 
-# %% ../../nbs/22_theory_logit_scale.ipynb #032e145e
+# %% ../../nbs/22_theory_logit_scale.ipynb #8be370cd
 def boundary_decomposition(y, pred_nat, pred_adv, n_classes=None):
     "Per-class natural and robust accuracy, boundary error P(clean right, attacked wrong) and corrected P(clean wrong, attacked right) (RoBal Eq. 1)."
     n = n_classes or int(y.max()) + 1
@@ -20,14 +20,14 @@ def boundary_decomposition(y, pred_nat, pred_adv, n_classes=None):
     per = lambda v: torch.stack([v[y == c].double().mean() for c in range(n)])
     return dict(nat_acc=per(cn), rob_acc=per(ca), bdy=per(cn & ~ca), corrected=per(~cn & ca))
 
-# %% ../../nbs/22_theory_logit_scale.ipynb #f2a253c6
+# %% ../../nbs/22_theory_logit_scale.ipynb #c4cbe777
 def ce_feature_grad(W, f, y, b=None, scale=1.):
     "Gradient of CE(scale * (W f + b), y) with respect to the features f (RoBal Eq. 5), one row per sample."
     z = scale * (f @ W.T + (0 if b is None else b))
     p = F.softmax(z, 1)
     return scale * (p @ W - W[y])                  # = scale * sum_{i != y} p_i (W_i - W_y)
 
-# %% ../../nbs/22_theory_logit_scale.ipynb #2b9c6df1
+# %% ../../nbs/22_theory_logit_scale.ipynb #5c661db7
 def scale_logits(model, kappa):
     "Copy of `model` whose linear head is divided by 10**kappa (logits scaled by 10**-kappa, RoBal Fig. 2)."
     m = copy.deepcopy(model)
@@ -36,14 +36,14 @@ def scale_logits(model, kappa):
         if m.head.bias is not None: m.head.bias.div_(10**kappa)
     return m
 
-# %% ../../nbs/22_theory_logit_scale.ipynb #1956a52f
+# %% ../../nbs/22_theory_logit_scale.ipynb #828bbabb
 def zero_grad_fraction(model, x, y):
     "Fraction of input-gradient entries of the CE loss that are exactly zero (gradient masking, RoBal Fig. 2)."
     x = x.detach().clone().requires_grad_()
     with torch.enable_grad(): g, = torch.autograd.grad(F.cross_entropy(model(x), y, reduction='sum'), x)
     return (g == 0).double().mean().item()
 
-# %% ../../nbs/22_theory_logit_scale.ipynb #cf7ea73f
+# %% ../../nbs/22_theory_logit_scale.ipynb #fa70cddb
 @torch.no_grad()
 def feature_norm_ratio(model, x, x_adv):
     "Per-sample ratio ||f(x + delta)|| / ||f(x)|| of penultimate features (`model.features`), RoBal Fig. 3."

@@ -7,41 +7,41 @@ Docs: https://ltat-dev.github.io/ltat/theory_separability.html.md"""
 # %% auto #0
 __all__ = ['separability', 'sep_class_errors', 'reweighted_bias', 'class_gap', 'reweight_head_cost', 'feature_separability']
 
-# %% ../../nbs/21_theory_separability.ipynb #5ec6cd89
+# %% ../../nbs/21_theory_separability.ipynb #e743950f
 import math
 import torch
 from .gaussian import _Phi
 
-# %% ../../nbs/21_theory_separability.ipynb #5f87d6b3
+# %% ../../nbs/21_theory_separability.ipynb #5e6ea373
 def separability(eta, sigma):
     "The paper's separability S = eta / sigma^2 (SRAT §3); not invariant to rescaling x, see Theorem 3.1 below."
     return eta / sigma**2
 
-# %% ../../nbs/21_theory_separability.ipynb #e9866093
+# %% ../../nbs/21_theory_separability.ipynb #1a75efc4
 def sep_class_errors(b, d, sigma, eta):
     "Class-wise errors of `sign(1.x - b)` on x ~ N(+-eta*1, sigma^2 I_d): dict(head=class +1, tail=class -1)."
     s = math.sqrt(d) * sigma   # std of a sum of d independent coordinates
     return dict(head=_Phi((b - d * eta) / s), tail=_Phi((-d * eta - b) / s))
 
-# %% ../../nbs/21_theory_separability.ipynb #1643b28b
+# %% ../../nbs/21_theory_separability.ipynb #6b8ab648
 def reweighted_bias(K, rho, d, sigma, eta, printed=False):
     "Optimal bias b of `sign(1.x - b)` when class -1 is K times rarer and up-weighted by rho (Lemma 3.1, verified form)."
     b = 0.5 * math.log(rho / K) * sigma**2 / eta   # = log(rho/K) / (2S); independent of d
     return b * d if printed else b                 # the printed form carries an extra factor d
 
-# %% ../../nbs/21_theory_separability.ipynb #73177ae9
+# %% ../../nbs/21_theory_separability.ipynb #3f50024b
 def class_gap(K, d, sigma, eta):
     "Tail error minus head error of the optimal unweighted classifier (left/right sides of SRAT Eq. 3)."
     e = sep_class_errors(reweighted_bias(K, 1, d, sigma, eta), d, sigma, eta)
     return e['tail'] - e['head']
 
-# %% ../../nbs/21_theory_separability.ipynb #25c49b62
+# %% ../../nbs/21_theory_separability.ipynb #15e6f318
 def reweight_head_cost(K, d, sigma, eta):
     "Increase of the head error when re-weighting with rho=K instead of rho=1 (left/right sides of SRAT Eq. 4)."
     head = lambda rho: sep_class_errors(reweighted_bias(K, rho, d, sigma, eta), d, sigma, eta)['head']
     return head(K) - head(1)
 
-# %% ../../nbs/21_theory_separability.ipynb #35381352
+# %% ../../nbs/21_theory_separability.ipynb #b4972389
 def feature_separability(feats, y):
     "Mean over class pairs of the half mean-distance over the projected std: the empirical a = sqrt(d) eta / sigma."
     classes = torch.unique(y)

@@ -1,0 +1,122 @@
+"Smoke and property tests of the MART, AWP and AT-BSL methods on a tiny long-tailed CPU problem."
+import copy, math, pytest, torch, torch.nn.functional as F
+from fastai.callback.core import Callback, CancelBatchException, CancelStepException, CancelFitException
+from ltat.data import lt_dls
+from ltat.models import create_model
+from ltat.learner import adv_learner, AdvTrain, METHODS, load_methods
+from ltat.losses import bsl_loss
+from ltat.baselines import AWPTrain, awp_params, calc_awp, add_into_weights
+
+torch.set_num_threads(1)
+CASES = {'mart': {}, 'awp': {}, 'awp_trades': dict(variant='trades', warmup=0), 'at_bsl': {}}
+
+@pytest.fixture(scope='module')
+def dls():
+    return lt_dls('synthetic', 10, bs=16, in_ch=1, img_size=12, n_per_class=12, n_test=2, augment=False, device='cpu')
+
+def tiny(seed=0):
+    torch.manual_seed(seed); return create_model('small_cnn', 10, in_ch=1, width=4, hidden=8)
+
+def method_cb(learn): return learn.cbs.filter(lambda c: isinstance(c, AdvTrain))[0]
+
+class GradCheck(Callback):
+    "Records, after each training backward, whether every parameter has a finite, non-zero gradient"
+    order, run_valid = 100, False
+    def before_fit(self): self.ok = []
+    def after_backward(self):
+        self.ok.append(all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+                           for p in self.learn.model.parameters()))
+
+def test_methods_registered():
+    names = load_methods()
+    for m in ('mart', 'awp', 'at_bsl'): assert m in names
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_method_trains(case, dls):
+    "Finite training loss, and every parameter receives a gradient, for every method"
+    gc = GradCheck()
+    l = adv_learner(dls, tiny(), method=case.split('_trades')[0], robust_metric=False, steps=2, cbs=gc, **CASES[case])
+    with l.no_bar(), l.no_logging(): l.fit(1, 0.05)
+    assert all(math.isfinite(v.item()) for v in l.recorder.losses)
+    assert gc.ok and all(gc.ok)
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_attack_leaves_bn_buffers(case, dls):
+    "The method's training attack (and AWP's proxy step) leave the model's BN buffers, mode and weights as found"
+    l = adv_learner(dls, tiny(), method=case.split('_trades')[0], robust_metric=False, steps=3, **CASES[case])
+    cb, m = method_cb(l), l.model.train()
+    x, y = dls.one_batch(); cb.x_nat = x
+    bufs, ws = [b.clone() for b in m.buffers()], [p.detach().clone() for p in m.parameters()]
+    xa = cb.craft(x, y)
+    if isinstance(cb, AWPTrain):
+        proxy = copy.deepcopy(m)
+        calc_awp(m, proxy, torch.optim.SGD(proxy.parameters(), lr=0.01), lambda mm: cb.objective(mm, xa, y))
+    assert m.training and (xa - x).abs().max() <= 8/255 + 1e-6
+    for b, b0 in zip(m.buffers(), bufs): assert torch.equal(b, b0)
+    for p, p0 in zip(m.parameters(), ws): assert torch.equal(p, p0)
+
+def test_awp_perturbation_by_hand():
+    "v_l = ||theta_l|| g_l/||g_l|| for a linear layer (proxy SGD step on -CE), bias untouched"
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(4, 3); x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    proxy = copy.deepcopy(lin)
+    v = calc_awp(lin, proxy, torch.optim.SGD(proxy.parameters(), lr=0.01), lambda m: F.cross_entropy(m(x), y))
+    g = (F.softmax(x @ lin.weight.T + lin.bias, 1) - F.one_hot(y, 3)).T @ x / 5
+    assert list(v) == ['weight']
+    assert torch.allclose(v['weight'], lin.weight.norm() * g / g.norm(), atol=1e-6)
+
+def test_awp_params_selection():
+    m = tiny()
+    names = list(awp_params(m))
+    assert names and all('weight' in n and dict(m.named_parameters())[n].dim() >= 2 for n in names)
+    assert 'body.convs.2.weight' not in names          # BatchNorm weight (1-dim)
+
+@pytest.mark.parametrize('event,exc', [('after_pred', CancelBatchException), ('after_loss', CancelBatchException),
+                                       ('before_step', CancelStepException), ('after_backward', CancelFitException)])
+def test_awp_restores_on_cancel(event, exc, dls):
+    "Weights come back exactly when the batch, the step or the fit is cancelled with the perturbation applied"
+    class Cancel(Callback):
+        def __call__(self, name):
+            if name == event and self.learn.training: raise exc()
+            return super().__call__(name)
+    m = tiny(); w0 = [p.detach().clone() for p in m.parameters()]
+    l = adv_learner(dls, m, method='awp', robust_metric=False, steps=2, cbs=Cancel())
+    with l.no_bar(), l.no_logging(): l.fit(1, 0.1)
+    for p, q in zip(m.parameters(), w0): assert torch.equal(p, q)
+    assert method_cb(l).diff is None
+
+def test_awp_step_equals_reference(dls):
+    "A full AWP step lands where perturb / step / restore by hand lands (plain SGD, wd on every parameter)"
+    x, y = dls.one_batch()
+    from fastai.data.core import DataLoaders
+    from ltat.data import TensorDS, TensorDL
+    xb = (x * 255).round().to(torch.uint8)
+    one = DataLoaders(TensorDL(TensorDS(xb, y), bs=len(y)), TensorDL(TensorDS(xb, y), bs=len(y)), device='cpu')
+    x = xb.float() / 255
+    m0 = tiny(); lr, wd, gamma = 0.1, 5e-4, 0.01
+    from ltat.learner import default_opt
+    l = adv_learner(one, copy.deepcopy(m0), method='awp', robust_metric=False, steps=2, init='none', opt_func=default_opt(wd), wd_bn_bias=True)
+    with l.no_bar(), l.no_logging(): l.fit(1, lr)
+    from ltat.attacks import pgd
+    ref = copy.deepcopy(m0); xa = pgd(ref, x, y, steps=2, init='none')
+    proxy = copy.deepcopy(ref)
+    v = calc_awp(ref, proxy, torch.optim.SGD(proxy.parameters(), lr=0.01), lambda mm: F.cross_entropy(mm(xa), y))
+    add_into_weights(ref, v, gamma); ref.train(); F.cross_entropy(ref(xa), y).backward()
+    with torch.no_grad():
+        for p in ref.parameters(): p -= lr * (p.grad + wd * p)
+    add_into_weights(ref, v, -gamma)
+    for p, q in zip(l.model.parameters(), ref.parameters()): assert torch.allclose(p, q, atol=1e-6)
+
+def test_awp_variants_and_bad_variant():
+    assert (AWPTrain().gamma, AWPTrain().init, AWPTrain().warmup) == (0.01, 'uniform', 0)
+    t = AWPTrain(variant='trades')
+    assert (t.gamma, t.init, t.warmup) == (0.005, 'normal', 10)
+    with pytest.raises(ValueError, match="'trades'"): AWPTrain(variant='sam')
+    with pytest.raises(ValueError, match='gamma'): AWPTrain(gamma=-1.)
+
+def test_at_bsl_loss_is_ce_on_shifted_logits(dls):
+    l = adv_learner(dls, tiny(), method='at_bsl', robust_metric=False, steps=1)
+    cb = method_cb(l); z = torch.randn(6, 10); y = torch.randint(0, 10, (6,))
+    n = torch.tensor(dls.counts, dtype=torch.float)
+    assert torch.allclose(cb.train_loss(z, y), F.cross_entropy(z + n.log(), y), atol=1e-6)
+    assert cb.init == 'normal'
