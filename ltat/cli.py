@@ -47,11 +47,11 @@ def run_experiment(data='synthetic', ir=100., profile='exp', method='pgd_at', ar
     out = Path(out)
     if resume and not (out / 'last.pth').is_file():
         raise FileNotFoundError(f"resume: no checkpoint {str(out / 'last.pth')!r} to resume from (run without --resume first)")
-    out.mkdir(parents=True, exist_ok=True)
     set_seed(seed, reproducible=True)
     dls = lt_dls(data, ir, profile=profile, bs=bs, path=path, download=download, seed=seed, n_holdout=n_holdout, **(data_kw or {}))
     arch = arch or default_arch(dls.dataset_name)
     model = create_model(arch, dls.n_classes, in_ch=dls.in_ch, **(arch_kw or {}))
+    out.mkdir(parents=True, exist_ok=True)       # only once the inputs are known to be good
     # `last.pth` (complete, atomic) after every epoch; a NaN/inf loss stops the run and keeps it
     cbs = [SaveModelCallback(monitor='rob_acc', fname='best', with_opt=False), CSVLogger(fname='history.csv', append=resume),
            CheckpointCallback('last.pth'), FiniteLossCallback()]
