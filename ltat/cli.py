@@ -22,8 +22,8 @@ from .evaluate import robust_report
 from .checkpoint import CheckpointCallback, FiniteLossCallback, NonFiniteLossError, read_checkpoint, load_weights, resume as resume_fit
 
 # %% auto #0
-__all__ = ['ARCH_DEFAULTS', 'DEMO_METHODS', 'COMMANDS', 'LAZY_COMMANDS', 'default_arch', 'run_experiment', 'train', 'evaluate',
-           'demo_table', 'demo', 'main']
+__all__ = ['ARCH_DEFAULTS', 'DEMO_METHODS', 'COMMANDS', 'LAZY_COMMANDS', 'default_arch', 'History', 'run_experiment', 'train',
+           'evaluate', 'demo_table', 'demo', 'main']
 
 # %% ../nbs/07_cli.ipynb #7cd24a0e
 ARCH_DEFAULTS = {'fashion_mnist': 'small_cnn', 'synthetic': 'small_cnn', 'tiny_imagenet': 'preact_resnet18'}
@@ -35,6 +35,16 @@ def default_arch(dataset):
 def _aa_n(aa_n, dl):
     "A default AutoAttack subset at least as large as the test set means the whole set (an explicit `robust_report(aa_n=)` too large is an error)"
     return None if aa_n is None or aa_n >= len(dl.dataset) else aa_n
+
+class History(CSVLogger):
+    "fastai's `CSVLogger`, but a resumed run appends to `history.csv` without a second header"
+    def before_fit(self):
+        if hasattr(self, 'gather_preds'): return
+        p = self.path / self.fname; p.parent.mkdir(parents=True, exist_ok=True)
+        new = not (self.append and p.exists() and p.stat().st_size > 0)
+        self.file = p.open('a' if self.append else 'w')
+        if new: self.file.write(','.join(self.recorder.metric_names) + '\n')
+        self.old_logger, self.learn.logger = self.logger, self._write_line
 
 def run_experiment(data='synthetic', ir=100., profile='exp', method='pgd_at', arch=None, epochs=10, lr=0.1, bs=128,
                    eps=8/255, alpha=2/255, steps=10, seed=0, out='runs/train', path=None, download=True,
@@ -53,7 +63,7 @@ def run_experiment(data='synthetic', ir=100., profile='exp', method='pgd_at', ar
     model = create_model(arch, dls.n_classes, in_ch=dls.in_ch, **(arch_kw or {}))
     out.mkdir(parents=True, exist_ok=True)       # only once the inputs are known to be good
     # `last.pth` (complete, atomic) after every epoch; a NaN/inf loss stops the run and keeps it
-    cbs = [SaveModelCallback(monitor='rob_acc', fname='best', with_opt=False), CSVLogger(fname='history.csv', append=resume),
+    cbs = [SaveModelCallback(monitor='rob_acc', fname='best', with_opt=False), History(fname='history.csv', append=resume),
            CheckpointCallback('last.pth'), FiniteLossCallback()]
     learn = adv_learner(dls, model, method=method, eps=eps, alpha=alpha, steps=steps, rob_batches=rob_batches,
                         path=out, model_dir='.', cbs=cbs, opt_func=default_opt(wd), **(method_kw or {}))

@@ -38,6 +38,8 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
         for k in sa:
             if torch.is_tensor(sa[k]): assert torch.equal(sa[k], sb[k]), k
     assert torch.equal(a['rng']['torch'], b['rng']['torch'])
+    hist = (run / 'history.csv').read_text().splitlines()
+    assert sum(l.startswith('epoch') for l in hist) == 1, hist      # the resumed run appends, without a second header
 
 def test_resume_refuses_other_schedule_and_missing_checkpoint(tmp_path):
     from ltat.cli import run_experiment
