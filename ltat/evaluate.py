@@ -123,6 +123,8 @@ def _versions():
     return v
 
 # %% ../nbs/06_evaluate.ipynb #0c5c4229
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
+
 def robust_report(model: nn.Module, dl,
                   attacks=('clean', 'fgsm', 'pgd20', 'mim', 'cw20', 'aa'),  # names, see `parse_attack`
                   eps=8/255,         # L-inf budget
@@ -148,7 +150,9 @@ def robust_report(model: nn.Module, dl,
         if v is not None and n_set is not None and v > n_set:
             raise ValueError(f"{k}={v} but the evaluation set has only {n_set} images; use {k} <= {n_set} (or None)")
     dev = next(model.parameters()).device
-    was_training = model.training; model.eval()
+    modes = [m.training for m in model.modules()]
+    was_training = any(m.training for m in model.modules() if isinstance(m, _MODE_DEPENDENT))   # BN/dropout behave differently
+    model.eval()
     warns = []
     if was_training and checks: warns.append(f"model was in training mode: evaluated in eval mode; call model.eval() before deployment (BN/dropout) (see {DOCS}#training-mode)")
     torch.manual_seed(seed)
@@ -194,7 +198,7 @@ def robust_report(model: nn.Module, dl,
         if checks == 'full':
             fw, check_vals = _full_checks(model, torch.cat(cx)[:check_n], torch.cat(cy)[:check_n], specs, eps, alpha, seed)
     finally:
-        model.train(was_training)
+        for m, t in zip(model.modules(), modes): m.training = t
     y = torch.cat(ys).numpy(); sel = torch.cat(aa_mask).numpy()
     has_aa = any(s['attack'].startswith('aa') for s in specs.values())
     correct = {a: torch.cat(v).numpy() for a, v in rows.items()}

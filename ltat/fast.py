@@ -100,7 +100,9 @@ def enable_fast(learn: Learner,
                 lazy_progress=25,   # read the smooth loss every n batches (0: keep fastai's bar)
                 compile=False):     # `torch.compile` the model
     "Switch `learn` to the fast training path where it is safe (CUDA + bf16) or when `force`d; returns `learn`"
-    if not (force or fast_safe(learn.model)): return learn
+    # the model is built on the CPU and moved to the data's device only when fitting starts: decide by that device
+    dev = torch.device(getattr(learn.dls, 'device', None) or next(learn.model.parameters()).device)
+    if not (force or (dev.type == 'cuda' and torch.cuda.is_available() and torch.cuda.is_bf16_supported())): return learn
     for cb in learn.cbs:
         if isinstance(cb, AdvTrain) and attack_bf16 and cb.attack_dtype is None: cb.attack_dtype = torch.bfloat16
     if not any(isinstance(cb, FastPath) for cb in learn.cbs): learn.add_cb(FastPath(channels_last=channels_last, compile=compile))

@@ -86,3 +86,21 @@ def test_bench_fast_path_removes_per_batch_reads():
     assert list(df.index) == ['(b) adv_learner', '(d) fast path'] and meta['fast_path_active']
     assert df.host_reads_per_batch['(b) adv_learner'] >= 1                       # fastai's AvgSmoothLoss: .cpu() per batch
     assert df.host_reads_per_batch['(d) fast path'] * n_batches <= 2             # only check_range, once per fit
+
+def test_enable_fast_decides_by_the_data_device():
+    "The model is still on the CPU when adv_learner returns; the fast path follows the device the data (and fit) use"
+    from types import SimpleNamespace
+    from ltat.fast import enable_fast
+    on_cpu = SimpleNamespace(dls=SimpleNamespace(device=torch.device('cpu')), model=torch.nn.Linear(2, 2), cbs=[])
+    assert enable_fast(on_cpu) is on_cpu and not hasattr(on_cpu, 'fast')
+    if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        gpu_data = SimpleNamespace(dls=SimpleNamespace(device=torch.device('cuda')), model=torch.nn.Linear(2, 2), cbs=[])
+        assert enable_fast(gpu_data) is gpu_data and not hasattr(gpu_data, 'fast')   # no usable GPU here: stays off, no error
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (run on a GPU machine)')
+def test_fast_path_on_by_default_on_gpu():
+    from ltat.data import lt_dls
+    from ltat.learner import adv_learner
+    dls = lt_dls('synthetic', 10, bs=32, in_ch=1, img_size=28, n_per_class=40, n_test=10, device='cuda')
+    learn = adv_learner(dls, 'small_cnn')            # model built on the CPU, data on the GPU
+    assert getattr(learn, 'fast', False) == torch.cuda.is_bf16_supported()

@@ -51,10 +51,14 @@ def test_huge_logits_flagged_against_autoattack(data):
 
 def test_training_mode_and_levels(data):
     m, b = data['honest']
-    m.train()
-    try: r = robust_report(m, b, attacks=('clean',), progress=False)
-    finally: m.eval()
+    bn = torch.nn.Sequential(torch.nn.BatchNorm2d(b[0][0].shape[1]), m).train()      # BN: its mode changes the outputs
+    r = robust_report(bn, b, attacks=('clean',), progress=False)
     assert any('training-mode' in w for w in r.warnings)
+    assert all(mm.training for mm in bn.modules())                                   # every module's mode put back
+    wrapper = torch.nn.Sequential(m.eval()).train()                                   # a wrapper in train mode around an eval model
+    wrapper[0].eval()
+    assert not any('training-mode' in w for w in robust_report(wrapper, b, attacks=('clean',), progress=False).warnings)
+    assert wrapper.training and not wrapper[0].training
     assert robust_report(m, b, attacks=('clean',), checks=True, progress=False).protocol['checks'] == {'level': 'cheap'}
     assert 'checks' not in robust_report(m, b, attacks=('clean',), checks=False, progress=False).protocol
     with pytest.raises(ValueError, match="'costly'"): robust_report(m, b, checks='costly')

@@ -17,7 +17,7 @@ SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purel
 cp tools/tv_shim.py "$SITE/_ltat_tv_shim.py"
 echo "import _ltat_tv_shim" > "$SITE/_ltat_tv_shim.pth"
 .venv/bin/python -c "import torchvision, fastai.vision.all" 
-.venv/bin/python -m ipykernel install --user --name python3 >/dev/null 2>&1 || true
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true   # this venv's kernel, for jupyter/nbconvert
 # Fashion-MNIST (the only real image data reachable here) from Debian, when apt is usable
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
