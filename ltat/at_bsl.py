@@ -25,4 +25,4 @@ class ATBSLTrain(AdvTrain):
                  **kwargs):
         super().__init__(init=init, **kwargs); store_attr('tau,counts')
     def train_loss(self, pred, y):
-        return bsl_loss(pred, y, self.counts if self.counts is not None else self.learn.dls.counts, self.tau)
+        return bsl_loss(pred, y, self.class_counts(), self.tau)

@@ -90,7 +90,24 @@ class AdvTrain(Callback):
     def after_train(self):
         if hasattr(self, 'old_lf'): self.learn.loss_func = self.old_lf; del self.old_lf
     after_cancel_train = after_cancel_fit = after_train
-    def before_fit(self): self._checked = False; self._build_loss()
+    def before_fit(self): self._checked, self._counts_t = False, None
+
+    def class_counts(self):
+        "Training count per class, a float tensor on the model's device: `self.counts` if the method has one, else `dls.counts` (cached per fit)"
+        dev = next(self.learn.model.parameters()).device
+        c = getattr(self, '_counts_t', None)
+        if c is None or c.device != dev:
+            src = getattr(self, 'counts', None)
+            if src is None: src = getattr(self.learn.dls, 'counts', None)
+            if src is None:
+                raise ValueError(f"counts=None: {type(self).__name__} needs the training count of each class; pass counts=[n_0, ..., n_C-1] "
+                                 "or use DataLoaders from ltat.data.lt_dls (they carry dls.counts)")
+            n = torch.as_tensor(src, dtype=torch.float64).flatten().cpu()
+            C = getattr(self.learn.dls, 'n_classes', None)
+            if C is not None and len(n) != C: raise ValueError(f"counts has {len(n)} classes but dls.n_classes={C}")
+            if not bool((n >= 1).all()): raise ValueError(f"counts must be positive class counts, got {n.tolist()}")
+            c = self._counts_t = n.to(device=dev, dtype=torch.float32)
+        return c; self._build_loss()
 
     def _lf(self, pred, *yb): return self.train_loss(pred, *yb) if self.training else self.old_lf(pred, *yb)
 

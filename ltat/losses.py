@@ -33,9 +33,12 @@ def trades_attack_loss(logits_nat):
 def _counts(counts, like=None):
     "Class counts as a float tensor (on the device of `like`); every count must be >= 1"
     dt = like.dtype if like is not None and like.is_floating_point() else torch.float32
-    n = torch.as_tensor(counts, device=None if like is None else like.device).to(dt).flatten()
+    dev = None if like is None else like.device
+    if isinstance(counts, torch.Tensor) and (dev is None or counts.device == dev):
+        return counts.to(dt).flatten()      # a tensor already on the device: validated where it was made, no host sync per batch
+    n = torch.as_tensor(counts, dtype=torch.float64).flatten().cpu()   # validate on the host: no device synchronisation
     if n.numel() == 0 or not bool((n >= 1).all()): raise ValueError(f"counts must be positive class counts, got {counts!r}")
-    return n
+    return n.to(device=dev, dtype=dt)
 
 # %% ../nbs/04_losses.ipynb #0d0a710d
 def bsl_loss(logits, y, counts, tau=1.0):

@@ -54,13 +54,7 @@ class REATTrain(AdvTrain):
 
     def before_fit(self):
         super().before_fit()
-        counts = self.counts if self.counts is not None else getattr(self.dls, 'counts', None)
-        if counts is None:
-            raise ValueError("counts=None: REAT needs the clean training counts per class; pass counts=[n_0, ..., n_C-1] "
-                             "or use DataLoaders from ltat.data.lt_dls (they carry dls.counts)")
-        self.n = torch.as_tensor(counts, dtype=torch.float32).flatten()
-        C = getattr(self.dls, 'n_classes', None)
-        if C is not None and len(self.n) != C: raise ValueError(f"counts has {len(self.n)} classes but dls.n_classes={C}")
+        self.n = self.class_counts().cpu()            # clean counts n_c (validated once, see `AdvTrain.class_counts`)
         if (self.n < 1).any(): raise ValueError(f"counts={self.n.tolist()}: every class needs at least one sample")
         if self.ae_counts is None: self.ae_counts = self.n.clone()   # epoch 0: the clean counts
         if self.next_counts is None: self.next_counts = torch.zeros_like(self.n)

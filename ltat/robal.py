@@ -62,7 +62,7 @@ class RoBalTrain(AdvTrain):
                           "create_model(arch, C, head='cosine', scale=1.) (RoBal §4.1)")
 
     def train_loss(self, pred, y):
-        counts = self.counts if self.counts is not None else self.learn.dls.counts
+        counts = self.class_counts()
         loss = self.beta_adv * robal_loss(pred, y, counts, self.s, self.m0, self.tau_b, self.tau_m)   # Eqs. 8-10 on cos(x')
         if self.beta_reg or self.beta_nat:
             cos_nat = self.learn.model(self.x_nat)

@@ -116,11 +116,7 @@ class SelfDistillTrain(AdvTrain):
 
     def before_fit(self):
         super().before_fit()
-        c = self.counts if self.counts is not None else getattr(self.dls, 'counts', None)
-        if c is None:
-            raise ValueError("counts=None: balanced softmax needs the training counts; pass counts=[...] "
-                             "or use DataLoaders from ltat.data.lt_dls (dls.counts)")
-        self.n = torch.as_tensor(c, dtype=torch.float32).flatten()
+        self.n = self.class_counts().cpu()
         if self.teacher is None and self.teacher_path is not None: self.teacher = self.load_teacher(self.teacher_path)
         if self.teacher is None: self._train_teacher()
         dev = next(self.learn.model.parameters()).device

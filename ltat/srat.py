@@ -62,11 +62,7 @@ class SRATTrain(AdvTrain):
 
     def before_fit(self):
         super().before_fit()
-        c = self.counts if self.counts is not None else getattr(self.dls, 'counts', None)
-        if c is None:
-            raise ValueError("counts=None: SRAT's class-balanced weights need the training counts; pass counts=[...] "
-                             "or use DataLoaders from ltat.data.lt_dls (dls.counts)")
-        self.n = torch.as_tensor(c, dtype=torch.float32).flatten()
+        self.n = self.class_counts().cpu()
         self.cb = cb_weights(self.n, self.beta)
 
     def before_train(self):
