@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch, torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['LT_LOSSES', 'kl_div', 'trades_loss', 'trades_attack_loss', 'bsl_loss', 'logit_adjust', 'cb_weights', 'focal_loss',
-           'sigmoid_focal_loss', 'ldam_margins', 'ldam_loss', 'cdt_logits', 'mart_loss', 'robal_loss', 'rbl_weights',
-           'tail_reg', 'supcon_loss', 'igdm_loss', 'cos_margin_loss', 'make_lt_loss']
+__all__ = ['LT_LOSSES', 'kl_div', 'trades_loss', 'trades_attack_loss', 'on_device', 'bsl_loss', 'logit_adjust', 'cb_weights',
+           'focal_loss', 'sigmoid_focal_loss', 'ldam_margins', 'ldam_loss', 'cdt_logits', 'mart_loss', 'robal_loss',
+           'rbl_weights', 'tail_reg', 'supcon_loss', 'igdm_loss', 'cos_margin_loss', 'make_lt_loss']
 
 # %% ../nbs/04_losses.ipynb #db4be81c
 def kl_div(logits_p, logits_q, reduction='batchmean'):
@@ -32,13 +32,23 @@ def trades_attack_loss(logits_nat):
 # %% ../nbs/04_losses.ipynb #0dbe98db
 def _counts(counts, like=None):
     "Class counts as a float tensor (on the device of `like`); every count must be >= 1"
-    dt = like.dtype if like is not None and like.is_floating_point() else torch.float32
-    dev = None if like is None else like.device
-    if isinstance(counts, torch.Tensor) and (dev is None or counts.device == dev):
-        return counts.to(dt).flatten()      # a tensor already on the device: validated where it was made, no host sync per batch
-    n = torch.as_tensor(counts, dtype=torch.float64).flatten().cpu()   # validate on the host: no device synchronisation
+    if like is not None and isinstance(counts, torch.Tensor):
+        return on_device(counts, like).flatten()   # per batch: validated when the loss was built, copied to the device once
+    n = torch.as_tensor(counts, dtype=torch.float64).flatten().cpu()   # validate on the host
     if n.numel() == 0 or not bool((n >= 1).all()): raise ValueError(f"counts must be positive class counts, got {counts!r}")
-    return n.to(device=dev, dtype=dt)
+    return n.float() if like is None else n.to(like.device, like.dtype if like.is_floating_point() else torch.float32)
+
+_DEVICE_COPIES = {}
+def on_device(t, like):
+    "`t` on the device (and float dtype) of `like`, copied once and cached: constant class statistics need no copy per batch"
+    dt = like.dtype if like.is_floating_point() else torch.float32
+    if t.device == like.device and t.dtype == dt: return t
+    key = (id(t), like.device, dt)
+    hit = _DEVICE_COPIES.get(key)
+    if hit is not None and hit[0] is t: return hit[1]     # the source is kept alive in the entry, so its id stays unique
+    if len(_DEVICE_COPIES) > 256: _DEVICE_COPIES.clear()
+    c = t.to(like.device, dt); _DEVICE_COPIES[key] = (t, c)
+    return c
 
 # %% ../nbs/04_losses.ipynb #0d0a710d
 def bsl_loss(logits, y, counts, tau=1.0):
@@ -73,14 +83,14 @@ def sigmoid_focal_loss(logits, y, gamma=2.0, weight=None, alpha=None):
     return fl.sum() / len(y) * (1. if alpha is None else alpha)
 
 # %% ../nbs/04_losses.ipynb #b6f77195
-def ldam_margins(counts, max_m=0.5):
+def ldam_margins(counts, max_m=0.5, like=None):
     "LDAM margins m_c = max_m * n_c^(-1/4) / max_k n_k^(-1/4)"
-    m = _counts(counts) ** -0.25
+    m = _counts(counts, like) ** -0.25
     return m * (max_m / m.max())
 
 def ldam_loss(logits, y, counts, max_m=0.5, s=30.0, weight=None):
     "LDAM loss (Cao et al. 2019): CE(s * (logits - m_y on the true class), y), optionally class-weighted"
-    m = ldam_margins(counts, max_m).to(logits.device)
+    m = ldam_margins(counts, max_m, like=logits)
     z = logits - F.one_hot(y, logits.shape[1]).to(logits.dtype) * m[y][:, None]
     return F.cross_entropy(s * z, y, weight=weight)
 
@@ -176,9 +186,9 @@ LT_LOSSES = {
     'sigmoid_focal': lambda counts=None, **kw: (lambda z, y: sigmoid_focal_loss(z, y, **kw)),
     'cos_margin': lambda counts=None, **kw: (lambda z, y: cos_margin_loss(z, y, **kw)),
     'cb': _needs_counts(lambda counts, beta=0.9999, gamma=2.0, alpha=None:
-                        (lambda z, y, w=cb_weights(counts, beta): sigmoid_focal_loss(z, y, gamma, w.to(z.device), alpha))),
+                        (lambda z, y, w=cb_weights(counts, beta): sigmoid_focal_loss(z, y, gamma, on_device(w, z), alpha))),
     'cb_ce': _needs_counts(lambda counts, beta=0.9999:
-                           (lambda z, y, w=cb_weights(counts, beta): F.cross_entropy(z, y, weight=w.to(z.device)))),
+                           (lambda z, y, w=cb_weights(counts, beta): F.cross_entropy(z, y, weight=on_device(w, z)))),
     'ldam': _needs_counts(lambda counts, **kw: (lambda z, y: ldam_loss(z, y, counts, **kw))),
     'bsl': _needs_counts(lambda counts, **kw: (lambda z, y: bsl_loss(z, y, counts, **kw))),
     'la': _needs_counts(lambda counts, **kw: (lambda z, y: _la_loss(z, y, counts, **kw))),

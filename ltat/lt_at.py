@@ -12,7 +12,7 @@ from fastcore.basics import store_attr
 from fastai.callback.core import Callback
 from .core import check_choice
 from .data import TensorDL, batch_augment
-from .losses import LT_LOSSES, cb_weights, ldam_loss, focal_loss, make_lt_loss, _counts, _needs_counts
+from .losses import LT_LOSSES, cb_weights, ldam_loss, focal_loss, make_lt_loss, _counts, _needs_counts, on_device
 from .learner import AdvTrain, adv_learner
 
 # %% auto #0
@@ -46,7 +46,7 @@ class DRWLoss:
     def __init__(self, loss_fn, drw): self.loss_fn, self.drw = loss_fn, drw
     def __call__(self, logits, y):
         w = self.drw.weight
-        return self.loss_fn(logits, y, weight=None if w is None else w.to(logits.device, logits.dtype))
+        return self.loss_fn(logits, y, weight=None if w is None else on_device(w, logits))
     def set_epoch(self, epoch, n_epoch): return self.drw.set_epoch(epoch, n_epoch)
     def state_dict(self): return self.drw.state_dict()
     def load_state_dict(self, d): self.drw.load_state_dict(d)

@@ -115,3 +115,14 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="'bsl'"): make_lt_loss('bls', C50)
     with pytest.raises(ValueError, match='counts'): make_lt_loss('ldam', None)
     with pytest.raises(ValueError, match='counts'): make_lt_loss('bsl', [10, 0])
+
+def test_on_device_copies_once():
+    "Class statistics move to the logits' device/dtype once; later batches reuse the copy (no transfer per batch)"
+    from ltat.losses import on_device, _counts
+    n = torch.tensor([100., 10., 1.])
+    z = torch.zeros(2, 3, dtype=torch.float64)
+    a, b = on_device(n, z), on_device(n, z)
+    assert a is b and a.dtype == torch.float64 and torch.equal(a, n.double())
+    assert on_device(n, torch.zeros(2, 3)) is n                      # already there: no copy at all
+    assert torch.equal(_counts(n, z), n.double())
+    with pytest.raises(ValueError, match='positive'): _counts([10, 0], z)   # lists are still validated
