@@ -63,6 +63,7 @@ class RobustReport:
     warnings: list
     protocol: dict
     meta: dict = field(default_factory=dict)
+    on_aa_subset: dict = field(default_factory=dict)   # each attack's accuracy on the AutoAttack subset (when AA ran on a subset)
 
     def __repr__(self):
         w = '\n'.join(f'WARNING: {s}' for s in self.warnings)
@@ -72,7 +73,8 @@ class RobustReport:
         "The result card: protocol, numbers, warnings and versions, as a JSON-able dict"
         return {'protocol': self.protocol, **self.meta, 'warnings': self.warnings,
                 'summary': json.loads(self.summary.to_json(orient='index')),
-                'per_class': json.loads(self.per_class.to_json(orient='index'))}
+                'per_class': json.loads(self.per_class.to_json(orient='index')),
+                **({'on_aa_subset': self.on_aa_subset} if self.on_aa_subset else {})}
 
     def to_json(self, path):
         "Write the result card to `path` (parents created)"
@@ -218,7 +220,10 @@ def robust_report(model: nn.Module, dl,
     order = list(np.argsort(-np.asarray(counts), kind='stable')) if counts is not None else list(range(n_classes))
     per_class = per_class.loc[order]
     summary['reliable'] = True
-    if checks: warns += _cheap_checks(summary, specs) + fw
+    # the same images for every attack: PGD against AutoAttack compared on AutoAttack's subset (class-balanced mean)
+    sub = {a: float(np.nanmean([correct[a][(y == c) & sel].mean() for c in range(n_classes) if ((y == c) & sel).any()]))
+           for a in attacks if not specs[a]['attack'].startswith('aa')} if has_aa and not sel.all() else {}
+    if checks: warns += _cheap_checks(summary, specs, sub) + fw
     for w in warns:                  # a warning '[a,b] ...' marks rows a and b unreliable
         if m := re.match(r'\[([\w,.]+)\]', w):
             for a in m[1].split(','):
@@ -231,17 +236,18 @@ def robust_report(model: nn.Module, dl,
     m = {'versions': _versions(), 'model': type(model).__name__, 'n_classes': n_classes, 'time_s': round(time.time() - t0, 2)}
     if counts is not None: m['counts'] = [int(c) for c in counts]
     m.update(meta or {})
-    return RobustReport(summary, per_class, warns, protocol, m)
+    return RobustReport(summary, per_class, warns, protocol, m, sub)
 
 # %% ../nbs/06_evaluate.ipynb #6f77a45a
-def _cheap_checks(summary, specs, tol=0.05):
-    w = []
+def _cheap_checks(summary, specs, sub=None, tol=0.05):
+    "Warnings from the numbers alone; `sub`: each attack's accuracy on the AutoAttack subset (compared there when given)"
+    w, sub = [], sub or {}
     def gap(a, b):
         if a not in summary.index or b not in summary.index: return None
         ra, rb = summary.loc[a], summary.loc[b]
         n = min(ra['n_eval'], rb['n_eval'])
         se = math.sqrt(max(rb['overall'] * (1 - rb['overall']), 1e-4) / max(n, 1))
-        d = ra['overall'] - rb['overall']
+        d = (sub[a] if specs[b]['attack'].startswith('aa') and a in sub else ra['overall']) - rb['overall']
         return d if d > max(tol, 3 * se) else None
     pgds = [a for a, s in specs.items() if s['attack'] == 'pgd' and s['logit_scale'] == 1]
     for p in pgds:

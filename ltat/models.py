@@ -16,7 +16,8 @@ from .core import check_choice
 # %% auto #0
 __all__ = ['DATASET_STATS', 'MODELS', 'HEADS', 'Normalize', 'Stats', 'BasicBlock', 'PreActBlock', 'ResNet', 'WideBlock',
            'WideResNet', 'SmallCNN', 'resnet18', 'preact_resnet18', 'wrn34_10', 'wrn28_10', 'small_cnn', 'list_models',
-           'linear_head', 'CosineHead', 'list_heads', 'LTModel', 'lt_splitter', 'UnknownKwargError', 'create_model']
+           'linear_head', 'CosineHead', 'tde_head', 'list_heads', 'LTModel', 'lt_splitter', 'UnknownKwargError',
+           'create_model']
 
 # %% ../nbs/02_models.ipynb #77bfd073
 class Normalize(nn.Module):
@@ -205,7 +206,12 @@ class CosineHead(nn.Module):
     def extra_repr(self):
         return f"feat_dim={self.feat_dim}, n_classes={self.n_classes}, scale={self.scale:g}, gamma={self.gamma:g}, bias={self.bias is not None}"
 
-HEADS = {'linear': linear_head, 'cosine': CosineHead}
+def tde_head(feat_dim, n_classes, scale=16.0, gamma=1/32, mu=0.9, alpha=0.1, posthoc=True):
+    "RoBal's simplified TDE head (`ltat.lt_at.TDEHead`, derived in the long-tailed AT chapter), built by name"
+    from ltat.lt_at import TDEHead
+    return TDEHead(feat_dim, n_classes, scale=scale, gamma=gamma, mu=mu, alpha=alpha, posthoc=posthoc)
+
+HEADS = {'linear': linear_head, 'cosine': CosineHead, 'tde': tde_head}
 
 def list_heads():
     "Head names accepted by `create_model`"

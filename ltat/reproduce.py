@@ -24,29 +24,34 @@ def _row(name, preset_name, **kw): return dict(name=name, preset=preset_name, **
 def _post(name, base, kind, **kw): return dict(name=name, base=base, post=kind, **kw)
 
 _LT = 'fmnist-lt'
+# the CPU table's evaluation: every column of the papers on the first 2,000 test images (200 per class), AutoAttack on a
+# class-balanced 200 of them; checkpoint selection by PGD-10 on the first 2,048 test images
+_FM_EVAL = dict(attacks=('clean', 'fgsm', 'pgd20', 'cw20', 'aa', 'pgd20_x10'), max_batches=4, aa_n=200, rob_batches=16)
+def _fm(name, **kw): return _row(name, _LT, **{**_FM_EVAL, **kw})
 TABLES = {
     # every method of ltat on Fashion-MNIST-LT (IR 100), small CNN, short schedule: the CPU-scale table
     'fmnist': [
-        _row('Natural', _LT, method='natural'),
-        _row('PGD-AT', _LT),
-        _row('TRADES', _LT, method='trades'),
-        _row('MART', _LT, method='mart'),
-        _row('AWP', _LT, method='awp'),
-        _row('TRADES-AWP', _LT, method='awp', method_kw=dict(variant='trades', warmup=1)),
-        _row('PGD-AT + focal', _LT, method_kw=dict(loss='focal')),
-        _row('PGD-AT + CB', _LT, method_kw=dict(loss='cb')),
-        _row('PGD-AT + LDAM', _LT, method_kw=dict(loss='ldam')),
-        _row('PGD-AT + LDAM-DRW', _LT, method_kw=dict(loss='ldam_drw')),
-        _row('PGD-AT + BSL', _LT, method_kw=dict(loss='bsl')),
-        _row('PGD-AT + CDT', _LT, method_kw=dict(loss='cdt')),
-        _row('PGD-AT + re-sampling', _LT, method_kw=dict(sampler='class_aware')),
-        _row('AT-BSL', _LT, method='at_bsl'),
-        _row('RoBal-N', _LT, method='robal', method_kw=dict(preset='cifar10-n'), arch_kw=dict(width=16, head='cosine', scale=1.), robal_eval='cifar10-n'),
-        _row('REAT', _LT, method='reat'),
-        _row('SRAT-CE', _LT, method='srat', method_kw=dict(loss='ce', drw_epoch=3)),
-        _row('SRAT-Focal', _LT, method='srat', method_kw=dict(loss='focal', drw_epoch=3)),
-        _row('SRAT-LDAM', _LT, method='srat', method_kw=dict(loss='ldam', drw_epoch=3)),
-        _row('Self-Distill', _LT, method='self_distill', method_kw=dict(teacher_epochs=3)),
+        _fm('Natural', method='natural'),
+        _fm('PGD-AT'),
+        _fm('TRADES', method='trades'),
+        _fm('MART', method='mart'),
+        _fm('AWP', method='awp'),
+        _fm('TRADES-AWP', method='awp', method_kw=dict(variant='trades', warmup=1)),
+        _fm('PGD-AT + focal', method_kw=dict(loss='focal')),
+        _fm('PGD-AT + CB', method_kw=dict(loss='cb')),
+        _fm('PGD-AT + LDAM', method_kw=dict(loss='ldam')),
+        _fm('PGD-AT + LDAM-DRW', method_kw=dict(loss='ldam_drw')),
+        _fm('PGD-AT + BSL', method_kw=dict(loss='bsl')),
+        _fm('PGD-AT + CDT', method_kw=dict(loss='cdt')),
+        _fm('PGD-AT + re-sampling', method_kw=dict(sampler='class_aware')),
+        _fm('AT-BSL', method='at_bsl'),
+        _fm('RoBal-N', method='robal', method_kw=dict(preset='cifar10-n'), arch_kw=dict(width=16, head='cosine', scale=1.), robal_eval='cifar10-n'),
+        _fm('REAT', method='reat'),
+        _fm('SRAT-CE', method='srat', method_kw=dict(loss='ce', drw_epoch=3)),
+        _fm('SRAT-Focal', method='srat', method_kw=dict(loss='focal', drw_epoch=3)),
+        _fm('SRAT-LDAM', method='srat', method_kw=dict(loss='ldam', drw_epoch=3)),
+        _fm('PGD-AT + TDE', arch_kw=dict(head='tde')),
+        _fm('Self-Distill', method='self_distill', method_kw=dict(teacher_epochs=3)),
         _post('PGD-AT + 1-ep RS', 'PGD-AT', ('finetune', 'rs')),
         _post('PGD-AT + 1-ep RW', 'PGD-AT', ('finetune', 'rw')),
         _post('PGD-AT + LWS', 'PGD-AT', ('finetune', 'lws')),
@@ -79,6 +84,7 @@ TABLES = {
         _row('Hard-example mining (focal)', 'robal-table1', method_kw=dict(loss='sigmoid_focal')),
         _row('Re-sampling', 'robal-table1', epochs=25, schedule=dict(milestones=(15, 20), gamma=0.1), method_kw=dict(sampler='class_aware')),
         _row('Re-weighting', 'robal-table1', method_kw=dict(loss='cb')),
+        _row('TDE', 'robal-table1', arch_kw=dict(head='tde')),
         _post('1-epoch re-sampling', 'Vanilla FC', ('finetune', 'rs')),
         _post('1-epoch re-weighting', 'Vanilla FC', ('finetune', 'rw')),
         _post('LWS', 'Vanilla FC', ('finetune', 'lws')),
@@ -117,6 +123,16 @@ def _robal_table1_base():
     return r
 
 def _slug(name): return re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_').lower()
+def _post_key(row, base_recipe): return dict(base=row['base'], post=list(row['post']), base_recipe=base_recipe)
+def _norm(x): return json.loads(json.dumps(x, default=str))
+
+def _cached_cards(path, recipe):
+    "The cards of a finished row in `path` if it ran exactly `recipe` (`recipe.json` is written last), else None"
+    f = Path(path) / 'recipe.json'
+    try:
+        if not f.is_file() or json.loads(f.read_text()) != _norm(recipe): return None
+        return {ck: json.loads((Path(path) / f'card_{ck}.json').read_text()) for ck in ('last', 'best')}
+    except (OSError, json.JSONDecodeError): return None
 
 # %% ../nbs/18_reproduce.ipynb #a4a2f598
 _WRAPS = {'cdt_post': lambda m, dls: __import__('ltat.lt_at', fromlist=['x']).CDTPost(m, dls.counts),
@@ -174,6 +190,7 @@ def _run_post(row, out, rows_done, quick, progress):
     rep.to_json(out / 'card_last.json')
     best = copy.deepcopy(rep); best.meta['checkpoint'] = 'best'; best.meta['note'] = 'post-processing starts from the last checkpoint'
     best.to_json(out / 'card_best.json')
+    (out / 'recipe.json').write_text(json.dumps(_post_key(row, r), indent=2, default=str))   # written last: the row is done
     return {'last': rep, 'best': best}
 
 # %% ../nbs/18_reproduce.ipynb #e722b3f4
@@ -186,6 +203,7 @@ def assemble(cards: dict) -> pd.DataFrame:
         s = c['summary']; d = {'row': row, 'ckpt': ck}
         for a in _COLS:
             if a in s: d[a] = s[a]['overall']
+            if a == 'aa' and 'pgd20' in c.get('on_aa_subset', {}): d['pgd20@aa'] = c['on_aa_subset']['pgd20']
         strong = next((a for a in ('aa', 'aa_ce_t', 'pgd20') if a in s), None)
         for g in ('head', 'body', 'tail'): d[f'{g} ({strong})'] = s[strong][g] if strong else np.nan
         d['T-clean'] = s['clean']['tail_class'] if 'clean' in s else np.nan
@@ -212,6 +230,7 @@ def reproduce(table:str,               # a table name, see `list_tables()`: fmni
               out:str=None,            # output folder (default runs/reproduce/<table>)
               rows:str=None,           # only these rows (comma separated names), e.g. to split a long table
               quick:store_true=False,  # a smoke run: 1 epoch, tiny evaluation (the numbers mean nothing)
+              rerun:store_true=False,  # run rows again even if `out` holds their finished results
               quiet:store_true=False): # no progress bars
     "Run every row of a paper's comparison table; write one result card per row and the assembled table"
     check_choice(table, tuple(list_tables()), 'table')
@@ -221,20 +240,30 @@ def reproduce(table:str,               # a table name, see `list_tables()`: fmni
         bad = [k for k in keep if k not in [r['name'] for r in spec]]
         if bad: raise ValueError(f"rows {bad} not in table {table!r}; rows: {', '.join(r['name'] for r in spec)}")
     out = Path(out or f'runs/reproduce/{table}'); out.mkdir(parents=True, exist_ok=True)
-    done, cards, t0 = {}, {}, time.time()
+    done, cards, failed, t0 = {}, {}, [], time.time()
     for row in spec:
         needed = keep is None or row['name'] in keep or any(r.get('base') == row['name'] and r['name'] in keep for r in spec)
         if not needed: continue
-        t1 = time.time()
+        t1, path = time.time(), out / _slug(row['name'])
         print(f"== {table}: {row['name']}", flush=True)
-        reps = run_row(row, out, quick=QUICK if quick else None, rows_done=done, progress=not quiet)
-        if 'post' not in row: done[row['name']] = (_recipe(row) | (QUICK if quick else {}), out / _slug(row['name']))
-        for ck, rep in reps.items(): cards[(row['name'], ck)] = rep.card()
+        if 'post' in row: rc = _post_key(row, done[row['base']][0]) if row['base'] in done else None
+        else: rc = _recipe(row) | (QUICK if quick else {})
+        got = None if rerun or rc is None else _cached_cards(path, rc)
+        if got is not None: print(f"   finished before: cards read from {path} (--rerun to run it again)", flush=True)
+        else:
+            try: got = {ck: rep.card() for ck, rep in run_row(row, out, quick=QUICK if quick else None, rows_done=done, progress=not quiet).items()}
+            except Exception as e:     # one broken row does not lose the others; the table says which failed
+                failed.append((row['name'], f"{type(e).__name__}: {e}")); print(f"   FAILED: {failed[-1][1]}", flush=True); continue
+        if 'post' not in row: done[row['name']] = (rc, path)
+        for ck, c in got.items(): cards[(row['name'], ck)] = c
         print(f"   {time.time() - t1:.0f} s", flush=True)
+    if not cards: raise RuntimeError(f"every row of {table!r} failed: " + '; '.join(f'{n}: {e}' for n, e in failed))
     tab = assemble(cards)
-    (out / 'table.md').write_text(f"# {table}{' (quick smoke run: numbers mean nothing)' if quick else ''}\n\n" + tab.round(4).to_string() + '\n')
+    fails = ''.join(f"\n- FAILED {n}: {e}" for n, e in failed)
+    (out / 'table.md').write_text(f"# {table}{' (quick smoke run: numbers mean nothing)' if quick else ''}\n\n" + tab.round(4).to_string() + '\n' + fails)
     tab.to_csv(out / 'table.csv')
     _plot(tab, out / 'table.png', f'{table}: last checkpoint')
     pd.set_option('display.width', 160)
     print(tab.round(3).to_string()); print(f"\n{len(cards) // 2} rows in {time.time() - t0:.0f} s; wrote {out}/table.md, table.csv, table.png")
+    if failed: raise RuntimeError(f"{len(failed)} row(s) of {table!r} failed (the others are in {out}/table.md):" + fails)
     return tab
