@@ -76,10 +76,12 @@ def run_experiment(data='synthetic', ir=100., profile='exp', method='pgd_at', ar
         if resume: raise ValueError(f"--resume supports the one-cycle schedule; this run uses schedule={schedule!r}")
         learn.fit(epochs, lr, cbs=schedule_cbs(schedule, lr, epochs))
     train_s = time.time() - t0
-    base = dict(dataset=data, ir=ir, profile=profile, method=method, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed,
-                train_eps=eps_str(eps), train_alpha=eps_str(alpha), train_steps=steps, train_time_s=round(train_s, 1),
-                selection=f"best rob_acc (PGD-10) on the {dls.valid_split} split", schedule=str(schedule), wd=wd,
-                **(method_kw or {}), **(meta or {}))
+    # the card's metadata: the run, the method's options (also whole under `method_kw`: a method option may share a name
+    # with a `meta` key, e.g. RoBal's `preset` and a table row's preset; `meta` wins at the top level)
+    base = {**dict(dataset=data, ir=ir, profile=profile, method=method, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed,
+                   train_eps=eps_str(eps), train_alpha=eps_str(alpha), train_steps=steps, train_time_s=round(train_s, 1),
+                   selection=f"best rob_acc (PGD-10) on the {dls.valid_split} split", schedule=str(schedule), wd=wd),
+            **(method_kw or {}), 'method_kw': dict(method_kw or {}), **(meta or {})}
     test_dl = dls.test.new(bs=eval_bs, shuffle=False) if hasattr(dls.test, 'new') else dls.test
     reps, states = {}, {}
     for ck in ('last', 'best'):

@@ -23,10 +23,22 @@ from .attacks import pgd, attack_mode
 from .losses import trades_loss, trades_attack_loss, LT_LOSSES, make_lt_loss
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_MODULES', 'AdvTrain', 'TradesTrain', 'RobustAccuracy', 'load_methods', 'register_method',
-           'default_opt', 'adv_learner']
+__all__ = ['METHODS', 'METHOD_MODULES', 'check_ldam_head', 'AdvTrain', 'TradesTrain', 'RobustAccuracy', 'load_methods',
+           'register_method', 'default_opt', 'adv_learner']
 
 # %% ../nbs/05_learner.ipynb #0477361e
+def check_ldam_head(model, s, what='LDAM'):
+    "Warn when a LDAM-style loss scales by `s` > 1 the logits of a head that is not a cosine classifier"
+    import warnings
+    from ltat.models import CosineHead
+    head = getattr(getattr(model, 'module', model), 'head', None)
+    if s > 1 and not isinstance(head, CosineHead):
+        warnings.warn(f"{what} with s={s:g} on a {type(head).__name__} head: LDAM's official code uses a normalised head; build the "
+                      f"model with create_model(..., head='cosine', scale=1., gamma=0.) or pass s=1 (RoBal's LDAM row)", stacklevel=3)
+        return False
+    return True
+
+# %% ../nbs/05_learner.ipynb #3266ec23
 class AdvTrain(Callback):
     "PGD adversarial training (Madry et al. 2018, https://arxiv.org/abs/1706.06083): train on PGD examples"
     order, run_valid = MixedPrecision.order + 1, False
@@ -67,6 +79,7 @@ class AdvTrain(Callback):
         if self.lt_name is None or self.lt_loss is not None: return
         self.lt_loss = make_lt_loss(self.lt_name, getattr(self.learn.dls, 'counts', None), **(self.loss_kw or {}))
         if self._lt_state is not None: self.load_state_dict(self._lt_state)
+        if self.lt_name in ('ldam', 'ldam_drw'): check_ldam_head(self.learn.model, (self.loss_kw or {}).get('s', 30.), f"loss={self.lt_name!r}")
     def after_create(self): self._build_loss()
     def before_epoch(self):
         if callable(getattr(self.lt_loss, 'set_epoch', None)): self.lt_loss.set_epoch(self.epoch, self.n_epoch)   # e.g. DRW

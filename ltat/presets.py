@@ -42,6 +42,8 @@ _BASE = dict(dataset='cifar10', ir=50, profile='exp', arch='resnet18', head='lin
              eps=8/255, alpha=2/255, steps=10, epochs=100, bs=128, lr=0.1, wd=5e-4,
              schedule=dict(milestones=(75, 90), gamma=0.1), select='pgd20', attacks=_EVAL, seed=0)
 
+_NORMED = dict(head='cosine', scale=1., gamma=0.)   # LDAM-DRW's `NormedLinear`: the head LDAM's s=30 expects
+
 def _r(**kw):
     r = copy.deepcopy(_BASE); r.update(kw); return r
 
@@ -73,11 +75,12 @@ PRESETS = {
     'self_distill-cifar100-lt': _r(method='self_distill', method_kw=dict(teacher_epochs=30), dataset='cifar100', ir=10, source='methods.md §9',
                                    attacks=('clean', 'pgd20', 'aa'), reported=dict(clean=46.13, pgd20=22.42, aa=18.73, by='Self-Distill Table 2')),
     # SRAT, methods.md §7: 200 epochs, decay at 160 and 180 (x0.01 then x1e-4, [INFERRED]), DRW at 160
-    'srat-ldam-exp100': _r(method='srat', method_kw=dict(loss='ldam'), ir=100, epochs=200, wd=2e-4, schedule=dict(milestones=(160, 180), gamma=0.01),
+    # SRAT-LDAM: LDAM's s=30 on LDAM-DRW's normalised head (`NormedLinear` = cosine head, scale 1, gamma 0) [INFERRED]
+    'srat-ldam-exp100': _r(method='srat', method_kw=dict(loss='ldam'), arch_kw=_NORMED, ir=100, epochs=200, wd=2e-4, schedule=dict(milestones=(160, 180), gamma=0.01),
                            attacks=('clean', 'pgd20', 'aa'), source='methods.md §7', reported=dict(clean=63.11, pgd20=34.22, by='SRAT Table (Exp-100)')),
     'srat-ce-exp100': _r(method='srat', method_kw=dict(loss='ce'), ir=100, epochs=200, wd=2e-4, schedule=dict(milestones=(160, 180), gamma=0.01),
                          attacks=('clean', 'pgd20', 'aa'), source='methods.md §7', reported=dict(clean=64.93, pgd20=29.68, by='SRAT Table (Exp-100)')),
-    'srat-ldam-step100': _r(method='srat', method_kw=dict(loss='ldam'), ir=100, profile='step', epochs=200, wd=2e-4,
+    'srat-ldam-step100': _r(method='srat', method_kw=dict(loss='ldam'), arch_kw=_NORMED, ir=100, profile='step', epochs=200, wd=2e-4,
                             schedule=dict(milestones=(160, 180), gamma=0.01), attacks=('clean', 'pgd20', 'aa'), source='methods.md §7',
                             reported=dict(clean=63.13, pgd20=33.51, by='SRAT Table (Step-100)')),
     # balanced-data baselines as the Self-Distill paper runs them on CIFAR-10-LT IR 50 (settings [UNCONFIRMED]: AT-BSL's schedule)

@@ -11,7 +11,7 @@ from fastcore.basics import store_attr
 from .core import check_choice, dist_sum
 from .attacks import pgd, attack_mode
 from .losses import rbl_weights, tail_reg, bsl_loss, focal_loss, ldam_loss
-from .learner import AdvTrain, register_method
+from .learner import AdvTrain, register_method, check_ldam_head
 
 # %% auto #0
 __all__ = ['REAT_LOSSES', 'HeadInput', 'REATTrain']
@@ -55,6 +55,7 @@ class REATTrain(AdvTrain):
     def before_fit(self):
         super().before_fit()
         self.n = self.class_counts().cpu()            # clean counts n_c (validated once, see `AdvTrain.class_counts`)
+        if self.loss == 'ldam': check_ldam_head(self.learn.model, 30., "REAT with loss='ldam'")
         if (self.n < 1).any(): raise ValueError(f"counts={self.n.tolist()}: every class needs at least one sample")
         if self.ae_counts is None: self.ae_counts = self.n.clone()   # epoch 0: the clean counts
         if self.next_counts is None: self.next_counts = torch.zeros_like(self.n)

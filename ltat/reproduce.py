@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.script import call_parse, store_true
 from .core import check_choice
-from .presets import preset
+from .presets import preset, _NORMED
 from .data import lt_dls
 from .models import create_model
 from .evaluate import robust_report
@@ -39,8 +39,8 @@ TABLES = {
         _fm('TRADES-AWP', method='awp', method_kw=dict(variant='trades', warmup=1)),
         _fm('PGD-AT + focal', method_kw=dict(loss='focal')),
         _fm('PGD-AT + CB', method_kw=dict(loss='cb')),
-        _fm('PGD-AT + LDAM', method_kw=dict(loss='ldam')),
-        _fm('PGD-AT + LDAM-DRW', method_kw=dict(loss='ldam_drw')),
+        _fm('PGD-AT + LDAM', method_kw=dict(loss='ldam'), arch_kw=_NORMED),   # s=30 on a normalised head, as LDAM-DRW
+        _fm('PGD-AT + LDAM-DRW', method_kw=dict(loss='ldam_drw'), arch_kw=_NORMED),
         _fm('PGD-AT + BSL', method_kw=dict(loss='bsl')),
         _fm('PGD-AT + CDT', method_kw=dict(loss='cdt')),
         _fm('PGD-AT + re-sampling', method_kw=dict(sampler='class_aware')),
@@ -49,7 +49,7 @@ TABLES = {
         _fm('REAT', method='reat'),
         _fm('SRAT-CE', method='srat', method_kw=dict(loss='ce', drw_epoch=3)),
         _fm('SRAT-Focal', method='srat', method_kw=dict(loss='focal', drw_epoch=3)),
-        _fm('SRAT-LDAM', method='srat', method_kw=dict(loss='ldam', drw_epoch=3)),
+        _fm('SRAT-LDAM', method='srat', method_kw=dict(loss='ldam', drw_epoch=3), arch_kw=_NORMED),
         _fm('PGD-AT + TDE', arch_kw=dict(head='tde')),
         _fm('Self-Distill', method='self_distill', method_kw=dict(teacher_epochs=3)),
         _post('PGD-AT + 1-ep RS', 'PGD-AT', ('finetune', 'rs')),

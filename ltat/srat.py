@@ -10,7 +10,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import store_attr
 from .core import check_choice
 from .losses import supcon_loss, cb_weights, focal_loss, ldam_loss
-from .learner import AdvTrain, register_method
+from .learner import AdvTrain, register_method, check_ldam_head
 from .reat import HeadInput
 
 # %% auto #0
@@ -64,6 +64,7 @@ class SRATTrain(AdvTrain):
         super().before_fit()
         self.n = self.class_counts().cpu()
         self.cb = cb_weights(self.n, self.beta)
+        if self.loss == 'ldam': check_ldam_head(self.learn.model, self.s, "SRAT-LDAM")
 
     def before_train(self):
         super().before_train()

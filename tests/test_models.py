@@ -32,8 +32,25 @@ def small_model(arch, n_classes=5, **kw):
 def test_registry():
     assert list_models() == list(MODELS)
     assert set(list_models()) == {'resnet18', 'preact_resnet18', 'wrn34_10', 'wrn28_10', 'small_cnn'}
-    assert set(list_heads()) == set(HEADS) == {'linear', 'cosine'}
+    assert set(list_heads()) == set(HEADS) == {'linear', 'cosine', 'tde'}
     assert set(SMALL) == set(list_models()), "add the new model to SMALL/FEAT"
+
+
+def test_tde_head_by_name():
+    "`head='tde'` builds RoBal's TDE head: training forwards move the running direction, eval applies the TDE branch"
+    from ltat.lt_at import TDEHead, TDEPost
+    m = small_model('small_cnn', n_classes=4, head='tde', in_ch=1)
+    assert isinstance(m.head, TDEHead) and (m.head.scale, m.head.gamma, m.head.alpha) == (16.0, 1 / 32, 0.1)
+    x = torch.rand(6, 1, 28, 28)
+    m.train(); m(x)
+    assert torch.count_nonzero(m.head.direction) > 0
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), TDEPost(m)(x))
+        d = m.head.direction; ff = m.features(x); W = m.head.weight / (m.head.weight.norm(dim=1, keepdim=True) + 1 / 32)
+        cos = (ff * d).sum(1, keepdim=True) / ff.norm(dim=1, keepdim=True) / d.norm()
+        torch.testing.assert_close(m(x), 16 * (F.normalize(ff, dim=1) - 0.1 * d * cos) @ W.t())   # hand-written TDE branch
+    assert 'head.direction' in m.state_dict()
 
 
 @pytest.mark.parametrize('arch', list_models())
@@ -219,7 +236,7 @@ def test_unknown_arch(bad):
     assert repr(bad) in msg and all(name in msg for name in list_models())
 
 
-@pytest.mark.parametrize('bad', ['dot', 'tde', 'Linear'])
+@pytest.mark.parametrize('bad', ['dot', 'tde_post', 'Linear'])
 def test_unknown_head(bad):
     with pytest.raises(ValueError) as e: create_model('small_cnn', 10, head=bad)
     msg = str(e.value)
