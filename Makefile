@@ -19,7 +19,7 @@ demo: setup
 ## checkpoints to nbs/results/fmnist/ for the chapter nbs/19_fmnist_table.ipynb
 results-fmnist: setup
 	mkdir -p runs/reproduce nbs/results/fmnist
-	set -o pipefail; $(BIN)/ltat reproduce fmnist --quiet 2>&1 | grep -v Warning | tee -a runs/reproduce/fmnist.log
+	set -o pipefail; $(BIN)/ltat reproduce fmnist --quiet 2>&1 | grep --line-buffered -v Warning | tee -a runs/reproduce/fmnist.log
 	cd runs/reproduce/fmnist && find . -type f ! -name '*.pth' -exec cp --parents {} ../../../nbs/results/fmnist/ \;
 	cp runs/reproduce/fmnist.log nbs/results/fmnist/fmnist.log
 

@@ -16,7 +16,7 @@ from fastai.torch_core import set_seed
 from .core import parse_eps, eps_str, check_choice
 from .data import lt_dls, dataset_info
 from .models import create_model, list_models
-from .learner import adv_learner, METHODS, default_opt
+from .learner import adv_learner, METHODS, default_opt, load_methods
 from .presets import schedule_cbs
 from .evaluate import robust_report
 from .checkpoint import CheckpointCallback, FiniteLossCallback, NonFiniteLossError, read_checkpoint, load_weights, resume as resume_fit
@@ -53,7 +53,7 @@ def run_experiment(data='synthetic', ir=100., profile='exp', method='pgd_at', ar
                    schedule='one_cycle', wd=5e-4, max_batches=None, meta=None,
                    eval_model=None):   # callable (model, dls) -> the model to evaluate (e.g. RoBal's Eq. 11 wrapper)
     "Train `method` on long-tailed `data`, evaluate the last and the best checkpoint; returns `{'last': report, 'best': report}`"
-    check_choice(method, tuple(METHODS), 'method')
+    check_choice(method, tuple(load_methods()), 'method')   # every chapter's methods, in a fresh process too
     out = Path(out)
     if resume and not (out / 'last.pth').is_file():
         raise FileNotFoundError(f"resume: no checkpoint {str(out / 'last.pth')!r} to resume from (run without --resume first)")
