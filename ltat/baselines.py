@@ -58,8 +58,11 @@ def calc_awp(model: nn.Module, proxy: nn.Module, proxy_opt, loss_fn) -> dict:
     return awp_diff(model, proxy)
 
 # %% ../nbs/11_baselines.ipynb #fed24026
-AWP_VARIANTS = {'at':     dict(gamma=0.01,  init='uniform', warmup=0),
-                'trades': dict(gamma=0.005, init='normal',  warmup=10)}
+# the official scripts' values: AT_AWP/train_cifar10.py ('at') and trades_AWP/train_trades_cifar.py ('trades');
+# `warmup` counts the leading epochs without weight perturbation (TRADES-AWP: `epoch >= 10`, epochs from 1 -> 9);
+# `bn_eval`: AT-AWP crafts in train mode, TRADES-AWP in eval mode
+AWP_VARIANTS = {'at':     dict(gamma=0.01,  init='uniform', warmup=0, bn_eval=False, awp_lr=0.01),
+                'trades': dict(gamma=0.005, init='normal',  warmup=9, bn_eval=True,  awp_lr=0.1)}
 
 @register_method('awp')
 class AWPTrain(AdvTrain):
@@ -67,16 +70,19 @@ class AWPTrain(AdvTrain):
     def __init__(self,
                  variant='at',   # 'at' (AT-AWP: CE attack and loss) or 'trades' (TRADES-AWP)
                  gamma=None,     # perturbation size relative to ||theta_l||; None: 0.01 ('at') or 0.005 ('trades')
-                 awp_lr=0.01,    # learning rate of the proxy's ascent step
-                 warmup=None,    # epochs without weight perturbation; None: 0 ('at') or 10 ('trades')
+                 awp_lr=None,    # learning rate of the proxy's ascent step (no effect on v, a direction); None: 0.01 / 0.1
+                 warmup=None,    # leading epochs without weight perturbation; None: 0 ('at') or 9 ('trades')
                  beta=6.0,       # TRADES weight (variant 'trades' only)
                  init=None,      # PGD start; None: 'uniform' ('at') or 'normal' ('trades')
+                 bn_eval=None,   # craft in eval mode; None: False ('at': batch statistics, as AT_AWP) or True ('trades')
                  **kwargs):
         check_choice(variant, tuple(AWP_VARIANTS), 'AWP variant')
         d = AWP_VARIANTS[variant]
-        gamma, warmup, init = (d[k] if v is None else v for k, v in (('gamma', gamma), ('warmup', warmup), ('init', init)))
+        vals = dict(gamma=gamma, warmup=warmup, init=init, bn_eval=bn_eval, awp_lr=awp_lr)
+        gamma, warmup, init, bn_eval, awp_lr = (d[k] if v is None else v for k, v in vals.items())
         if not gamma >= 0: raise ValueError(f"gamma={gamma!r} must be >= 0")
-        super().__init__(init=init, **kwargs); store_attr('variant,gamma,awp_lr,warmup,beta')
+        if not (isinstance(warmup, int) and warmup >= 0): raise ValueError(f"warmup={warmup!r} must be an integer >= 0")
+        super().__init__(init=init, bn_eval=bn_eval, **kwargs); store_attr('variant,gamma,awp_lr,warmup,beta')
         self.diff = self.backup = None
 
     def craft(self, x, y): return TradesTrain.craft(self, x, y) if self.variant == 'trades' else super().craft(x, y)
@@ -93,7 +99,7 @@ class AWPTrain(AdvTrain):
         self.proxy_opt = torch.optim.SGD(self.proxy.parameters(), lr=self.awp_lr)
     def before_batch(self):
         super().before_batch()                            # crafts x' on the unperturbed weights
-        if self.epoch < self.warmup or self.gamma == 0: return
+        if self.epoch < self.warmup or self.gamma == 0: return     # fastai's epoch counts from 0: epochs 1..warmup are plain
         xa, y = self.learn.xb[0], self.learn.yb[0]
         self.diff = calc_awp(self.learn.model, self.proxy, self.proxy_opt, lambda m: self.objective(m, xa, y))
         ps = awp_params(self.learn.model)

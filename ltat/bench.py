@@ -16,6 +16,7 @@ from .data import lt_dls, batch_augment
 from .models import create_model
 from .attacks import pgd
 from .learner import adv_learner
+from .fast import enable_fast
 
 # %% auto #0
 __all__ = ['SPEC_BF16', 'ROWS', 'forward_flops', 'pgd_train_flops', 'spec_peak', 'measured_peak', 'count_syncs', 'reference_loop',
@@ -159,9 +160,11 @@ class _TrainTimer(Callback):
     after_cancel_fit = after_cancel_train
 
 def learner_loop(model, dls, epochs=1, lr=0.05, eps=8/255, alpha=2/255, steps=10, fast=False, compile=False):
-    "(b)/(d) `adv_learner` with `fast`, constant `lr`, no robust metric, no progress bar; returns (epoch times, syncs, learner)"
+    "(b)/(d) `adv_learner`, constant `lr`, no robust metric, no bar; `fast`: False, 'auto' (where safe) or 'force'; returns (epoch times, syncs, learner)"
+    check_choice(fast, (False, 'auto', 'force'), 'fast')
     timer = _TrainTimer()
-    learn = adv_learner(dls, model, eps=eps, alpha=alpha, steps=steps, robust_metric=False, fast=fast, cbs=timer)
+    learn = adv_learner(dls, model, eps=eps, alpha=alpha, steps=steps, robust_metric=False, cbs=timer)
+    if fast: enable_fast(learn, force=fast == 'force')
     for cb in learn.cbs:
         if compile and type(cb).__name__ == 'FastPath': cb.compile = True   # only where the fast path is on
     with learn.no_bar(), learn.no_logging(): learn.fit(epochs, lr)
@@ -231,7 +234,7 @@ def run_bench(quick=False,          # CPU scale: 812 images, small_cnn width 8, 
         if v == 'b': t, s, _ = learner_loop(m, dls, epochs, lr, fast=False, **kw); n = n_train   # (b), (d): counted in training only
         if v == 'd':
             d = dls if fast_bs == bs else mk_dls(fast_bs)
-            t, s, l = learner_loop(m, d, epochs, lr, fast=True if force_fast else None, compile=compile, **kw)
+            t, s, l = learner_loop(m, d, epochs, lr, fast='force' if force_fast else 'auto', compile=compile, **kw)
             n = len(d.train) * fast_bs
         n_batches = epochs * (n // (128 if v == 'a' else fast_bs if v == 'd' else bs))
         clean, rob = evaluate_robust(m, dls.test, max_n=eval_n, **kw)
@@ -259,7 +262,7 @@ def bench_extra(device=None, n_train=12406, n_batches=10, bs=128, aa_n=10000, aa
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     dls = lt_dls('synthetic', 1, bs=bs, n_per_class=(n_batches + 2) * bs // 10 + 1, n_test=aa_n // 10, device=dev)
     m = model if model is not None else create_model('wrn34_10', 10).to(dev)
-    times, _, _ = learner_loop(m, dls, 2, 0.05, steps=steps, fast=None)     # second epoch timed (first: warm-up)
+    times, _, _ = learner_loop(m, dls, 2, 0.05, steps=steps, fast='auto')     # second epoch timed (first: warm-up)
     per_img = times[-1] / (len(dls.train) * bs)
     x, y = dls.test.dataset.x[:aa_n].float().div(255), dls.test.dataset.y[:aa_n]
     _sync(dev); t = time.perf_counter()

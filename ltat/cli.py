@@ -6,100 +6,22 @@ Docs: https://ltat-dev.github.io/ltat/cli.html.md"""
 
 # %% ../nbs/07_cli.ipynb #c47fe197
 from __future__ import annotations
-import json, sys, time, os, inspect, copy
+import sys, time, inspect
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.script import call_parse, anno_parser, store_true, bool_arg
-from fastai.callback.tracker import SaveModelCallback
-from fastai.callback.progress import CSVLogger
-from fastai.torch_core import set_seed
-from .core import parse_eps, eps_str, check_choice
-from .data import lt_dls, dataset_info
-from .models import create_model, list_models
-from .learner import adv_learner, METHODS, default_opt, load_methods
-from .presets import schedule_cbs
+from .core import parse_eps
+from .data import lt_dls
+from .models import create_model
 from .evaluate import robust_report
-from .checkpoint import CheckpointCallback, FiniteLossCallback, NonFiniteLossError, read_checkpoint, load_weights, resume as resume_fit
+from .checkpoint import NonFiniteLossError, load_weights
+from .experiment import run_experiment, default_arch, _aa_n
+from .reproduce import reproduce
+from .bench import bench
 
 # %% auto #0
-__all__ = ['ARCH_DEFAULTS', 'DEMO_METHODS', 'COMMANDS', 'LAZY_COMMANDS', 'default_arch', 'History', 'run_experiment', 'train',
-           'evaluate', 'demo_table', 'demo', 'main']
-
-# %% ../nbs/07_cli.ipynb #7cd24a0e
-ARCH_DEFAULTS = {'fashion_mnist': 'small_cnn', 'synthetic': 'small_cnn', 'tiny_imagenet': 'preact_resnet18'}
-
-def default_arch(dataset):
-    "The papers' model for `dataset` (PreAct ResNet-18 for Tiny-ImageNet, CIFAR ResNet-18 otherwise); the small CNN for CPU-scale data"
-    return ARCH_DEFAULTS.get(dataset, 'resnet18')
-
-def _aa_n(aa_n, dl):
-    "A default AutoAttack subset at least as large as the test set means the whole set (an explicit `robust_report(aa_n=)` too large is an error)"
-    return None if aa_n is None or aa_n >= len(dl.dataset) else aa_n
-
-class History(CSVLogger):
-    "fastai's `CSVLogger`, but a resumed run appends to `history.csv` without a second header"
-    def before_fit(self):
-        if hasattr(self, 'gather_preds'): return
-        p = self.path / self.fname; p.parent.mkdir(parents=True, exist_ok=True)
-        new = not (self.append and p.exists() and p.stat().st_size > 0)
-        self.file = p.open('a' if self.append else 'w')
-        if new: self.file.write(','.join(self.recorder.metric_names) + '\n')
-        self.old_logger, self.learn.logger = self.logger, self._write_line
-
-def run_experiment(data='synthetic', ir=100., profile='exp', method='pgd_at', arch=None, epochs=10, lr=0.1, bs=128,
-                   eps=8/255, alpha=2/255, steps=10, seed=0, out='runs/train', path=None, download=True,
-                   attacks=('clean', 'pgd20', 'aa'), aa_n=1000, n_holdout=0, rob_batches=None, eval_bs=500,
-                   arch_kw=None, data_kw=None, method_kw=None, progress=True, verbose=True, resume=False,
-                   schedule='one_cycle', wd=5e-4, max_batches=None, meta=None,
-                   eval_model=None):   # callable (model, dls) -> the model to evaluate (e.g. RoBal's Eq. 11 wrapper)
-    "Train `method` on long-tailed `data`, evaluate the last and the best checkpoint; returns `{'last': report, 'best': report}`"
-    check_choice(method, tuple(load_methods()), 'method')   # every chapter's methods, in a fresh process too
-    out = Path(out)
-    if resume and not (out / 'last.pth').is_file():
-        raise FileNotFoundError(f"resume: no checkpoint {str(out / 'last.pth')!r} to resume from (run without --resume first)")
-    set_seed(seed, reproducible=True)
-    dls = lt_dls(data, ir, profile=profile, bs=bs, path=path, download=download, seed=seed, n_holdout=n_holdout, **(data_kw or {}))
-    arch = arch or default_arch(dls.dataset_name)
-    model = create_model(arch, dls.n_classes, in_ch=dls.in_ch, **(arch_kw or {}))
-    out.mkdir(parents=True, exist_ok=True)       # only once the inputs are known to be good
-    # `last.pth` (complete, atomic) after every epoch; a NaN/inf loss stops the run and keeps it
-    cbs = [SaveModelCallback(monitor='rob_acc', fname='best', with_opt=False), History(fname='history.csv', append=resume),
-           CheckpointCallback('last.pth'), FiniteLossCallback()]
-    learn = adv_learner(dls, model, method=method, eps=eps, alpha=alpha, steps=steps, rob_batches=rob_batches,
-                        path=out, model_dir='.', cbs=cbs, opt_func=default_opt(wd), **(method_kw or {}))
-    if not progress: learn.remove_cb(learn.progress) if hasattr(learn, 'progress') else None
-    t0 = time.time()
-    if schedule in (None, 'one_cycle'):
-        if resume: resume_fit(learn, out / 'last.pth', lr, n_epoch=epochs)
-        else: learn.fit_one_cycle(epochs, lr)
-    else:   # a paper's step schedule (`ltat.presets.schedule_cbs`)
-        if resume: raise ValueError(f"--resume supports the one-cycle schedule; this run uses schedule={schedule!r}")
-        learn.fit(epochs, lr, cbs=schedule_cbs(schedule, lr, epochs))
-    train_s = time.time() - t0
-    # the card's metadata: the run, the method's options (also whole under `method_kw`: a method option may share a name
-    # with a `meta` key, e.g. RoBal's `preset` and a table row's preset; `meta` wins at the top level)
-    base = {**dict(dataset=data, ir=ir, profile=profile, method=method, arch=arch, epochs=epochs, lr=lr, bs=bs, seed=seed,
-                   train_eps=eps_str(eps), train_alpha=eps_str(alpha), train_steps=steps, train_time_s=round(train_s, 1),
-                   selection=f"best rob_acc (PGD-10) on the {dls.valid_split} split", schedule=str(schedule), wd=wd),
-            **(method_kw or {}), 'method_kw': dict(method_kw or {}), **(meta or {})}
-    test_dl = dls.test.new(bs=eval_bs, shuffle=False) if hasattr(dls.test, 'new') else dls.test
-    reps, states = {}, {}
-    for ck in ('last', 'best'):
-        states[ck] = read_checkpoint(out / f'{ck}.pth', dls.device)['model']
-        if ck == 'best' and all(torch.equal(states['best'][k], v) for k, v in states['last'].items()):
-            rep = copy.deepcopy(reps['last']); rep.meta['checkpoint'] = 'best'; rep.meta['note'] = 'best checkpoint is the last one'
-            rep.to_json(out / 'card_best.json'); reps[ck] = rep
-            if verbose: print("\nbest checkpoint = last checkpoint")
-            continue
-        learn.model.load_state_dict(states[ck])
-        rep = robust_report(eval_model(learn.model, dls) if eval_model else learn.model, test_dl, attacks=attacks, eps=eps, counts=dls.counts, aa_n=_aa_n(aa_n, test_dl), seed=seed,
-                            max_batches=max_batches, progress=progress, meta={**base, 'checkpoint': ck})
-        rep.to_json(out / f'card_{ck}.json')
-        rep.plot(path=out / f'per_class_{ck}.png', title=f'{method} ({ck}) on {data}-LT IR={ir:g}')
-        reps[ck] = rep
-        if verbose: print(f"\n{method} [{ck} checkpoint]\n{rep}")
-    import matplotlib.pyplot as plt; plt.close('all')
-    return reps
+__all__ = ['DEMO_METHODS', 'DEMO_ATTACKS', 'DEMO_SETTINGS', 'SAME_CKPT', 'GROUP_COLS', 'COMMANDS', 'train', 'evaluate',
+           'class_names', 'demo_table', 'demo_protocol', 'plot_demo', 'demo', 'main']
 
 # %% ../nbs/07_cli.ipynb #ac11cf1c
 def _list(s): return tuple(a.strip() for a in s.split(',') if a.strip()) if isinstance(s, str) else tuple(s)
@@ -113,24 +35,31 @@ def train(data:str='synthetic',      # cifar10, cifar100, fashion_mnist, svhn, t
           epochs:int=10,             # epochs (one-cycle schedule)
           lr:float=0.1,              # peak learning rate
           bs:int=128,                # batch size
-          eps:str='8/255',           # L-inf budget
+          eps:str='8/255',           # L-inf budget of the training attack
+          eval_eps:str='8/255',      # L-inf budget of the evaluation (the table's, whatever the training budget)
           alpha:str='2/255',         # PGD step size
           steps:int=10,              # training PGD steps
-          seed:int=0,                # seed of the subset, the initialisation and the attacks
+          seed:int=0,                # seed of the training: initialisation, shuffling, augmentation, attack starts
+          subset_seed:int=0,         # seed of the long-tailed subset (0, as every official code, whatever --seed)
           out:str='runs/train',      # output folder: checkpoints, history, result cards, plots
           path:str=None,             # data folder
           download:bool_arg=True,    # download missing data with torchvision (needs network)
           attacks:str='clean,pgd20,aa',  # evaluation attacks, comma separated
-          aa_n:int=1000,             # AutoAttack on a class-balanced subset of this many test images (0: all)
+          aa_n:int=0,                # AutoAttack on a class-balanced subset of this many test images (0: all, as the papers)
           n_holdout:int=0,           # images per class held out of training to select the best checkpoint
           rob_batches:int=None,      # robust validation on the first n batches only
           width:int=None,            # width of small_cnn / wide ResNets (default: the architecture's)
+          select_steps:int=10,       # select the checkpoint by PGD-n accuracy on the validation split (0: the last epoch)
+          select_from:int=1,         # ... among the (1-based) epochs from this one on
+          fast:store_true=False,     # the bf16 fast path (opt-in; float32 otherwise, as every official code)
           resume:store_true=False,   # continue the run saved in --out/last.pth (same arguments), exactly
           quiet:store_true=False):   # no progress bars
     "Adversarially train on long-tailed data; write checkpoints and result cards to --out"
     run_experiment(data, ir, profile, method, arch, epochs, lr, bs, parse_eps(eps), parse_eps(alpha), steps, seed, out, path,
                    download, _list(attacks), aa_n or None, n_holdout, rob_batches, progress=not quiet,
-                   arch_kw=None if width is None else dict(width=width), resume=resume)
+                   arch_kw=None if width is None else dict(width=width), resume=resume, subset_seed=subset_seed,
+                   eval_eps=parse_eps(eval_eps), fast=fast,
+                   select=dict(steps=select_steps, first_epoch=select_from) if select_steps else 'last')
 
 # %% ../nbs/07_cli.ipynb #28a2217c
 @call_parse
@@ -141,7 +70,7 @@ def evaluate(ckpt:str,                 # a checkpoint written by `ltat train` (b
              arch:str=None,            # model (default as in `ltat train`)
              eps:str='8/255',          # L-inf budget
              attacks:str='clean,fgsm,pgd20,mim,cw20,aa',  # evaluation attacks, comma separated
-             aa_n:int=1000,            # AutoAttack subset size (0: all)
+             aa_n:int=0,               # AutoAttack on a class-balanced subset of this many test images (0: all)
              seed:int=0,               # seed of the random starts
              path:str=None,            # data folder
              out:str=None,             # write card.json and per_class.png here (default: next to the checkpoint)
@@ -162,92 +91,163 @@ def evaluate(ckpt:str,                 # a checkpoint written by `ltat train` (b
     print(rep)
     return rep
 
-# %% ../nbs/07_cli.ipynb #eacb7eea
-DEMO_METHODS = ('pgd_at', 'trades')
+# %% ../nbs/07_cli.ipynb #f4a9768f
+from .data import dataset_info, dataset_name
+from .robal import robal_eval_model
+
+DEMO_METHODS = ('pgd_at', 'at_bsl', 'robal', 'reat', 'self_distill')
+DEMO_ATTACKS = ('clean', 'pgd20', 'aa_ce_t')
+
+def _robal_eval(model, dls): return robal_eval_model(model, dls.counts, 'cifar10-n')
+
+# what a method needs beyond the common recipe (RoBal-N as in `ltat reproduce fmnist`), and how the header says it
+DEMO_SETTINGS = {
+    'robal': dict(method_kw=dict(preset='cifar10-n'), arch_kw=dict(head='cosine', scale=1.), eval_model=_robal_eval,
+                  what="RoBal-N: cosine head (scale 1), the 'cifar10-n' loss, evaluated through the boundary adjustment (Eq. 11)"),
+    'self_distill': dict(method_kw=dict(teacher_epochs=3, teacher_bs=128),
+                         what="teacher: 3 epochs of PGD-AT (batch 128) on the balanced sub-dataset, then BSL + distillation"),
+}
+
+def class_names(data, n_classes=None) -> list:
+    "Class names of `data` in label order, from the data registry; '0', '1', ... where it has none"
+    info = dataset_info[dataset_name(data)]
+    n = n_classes or info['n_classes']
+    names = info['classes']
+    return list(names) if names is not None and len(names) == n else [str(i) for i in range(n)]
+
+# %% ../nbs/07_cli.ipynb #9768c671
+SAME_CKPT = 'the selected checkpoint is the last one'     # the note of `run_experiment` on a 'best' card that repeats 'last'
+GROUP_COLS = ('overall', 'head', 'body', 'tail', 'tail_class')
 
 def demo_table(reports: dict) -> pd.DataFrame:
-    "One table: rows (method, checkpoint, attack), columns overall/head/body/tail/tail_class"
+    "`{(method, 'last'|'best'): report}` -> rows (method, ckpt, attack), columns overall/head/body/tail/tail_class and n images"
     rows = []
-    for (meth, ck), rep in reports.items():
-        for a, r in rep.summary.iterrows():
-            rows.append(dict(method=meth, ckpt=ck, attack=a, **{k: r[k] for k in ('overall', 'head', 'body', 'tail', 'tail_class', 'n_eval')}))
+    for m in dict.fromkeys(k for k, _ in reports):
+        last, best = reports[(m, 'last')], reports.get((m, 'best'))
+        same = best is None or best.meta.get('note') == SAME_CKPT
+        for ck, rep in [('last = selected', last)] if same else [('last', last), ('selected', best)]:
+            s = rep.summary.drop(index='worst', errors='ignore')
+            if s['n_eval'].nunique() > 1:
+                raise ValueError(f"{m} ({ck}): the attacks saw different numbers of images ({s['n_eval'].astype(int).to_dict()}); "
+                                 "evaluate every attack on the same images (aa_n=None; max_batches for a subset) to compare them")
+            for a, r in s.iterrows():
+                rows.append(dict(method=m, ckpt=ck, attack=a, **{k: r[k] for k in GROUP_COLS}, n=int(r['n_eval'])))
     return pd.DataFrame(rows).set_index(['method', 'ckpt', 'attack'])
+
+# %% ../nbs/07_cli.ipynb #bab23230
+_AA_WORDS = {'aa': 'AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square)', 'aa_ce_t': "AutoAttack's APGD-CE + APGD-T (standard settings)"}
+
+def _per255(s): return f"{parse_eps(s) * 255:.3g}/255"
+
+def _attack_words(a, s):
+    if a == 'clean' or a in _AA_WORDS: return _AA_WORDS.get(a, a)
+    if s.get('attack') in ('pgd', 'cw', 'mim'): return f"{s['attack'].upper()}-{s['steps']} (step {s['alpha']}, random start)"
+    return a
+
+def demo_protocol(reports: dict) -> str:
+    "The protocol of `demo_table(reports)` in words: data, IR, model, training, selection, attacks and the images they saw"
+    rep = next(iter(reports.values())); m, p, pc = rep.meta, rep.protocol, rep.per_class
+    names, counts, g = m.get('class_names') or [str(c) for c in range(len(pc))], m['counts'], p['groups']
+    n = int(rep.summary['n_eval'].max())
+    lo, hi = int(pc['n'].min()), int(pc['n'].max())
+    per = f"{lo} per class" if lo == hi else f"{lo}-{hi} per class"
+    which = 'the whole test set' if n == m.get('n_test') else f'the first {n} of the test set'
+    sel = m['selection'] + (f" (its first {m['rob_images']} images)" if m.get('rob_images') and 'test split' in m['selection'] else '')
+    extra = [f"  {k}: {DEMO_SETTINGS[k]['what']}" for k in dict.fromkeys(k for k, _ in reports) if k in DEMO_SETTINGS]
+    return '\n'.join([
+        f"{m['dataset']}-LT: {m['profile']} profile, IR={m['ir']:g} ({counts[0]} down to {counts[-1]} training images per class); "
+        f"{m['arch']}, width {(m.get('arch_kw') or {}).get('width', 'default')}",
+        f"training: {m['epochs']} epochs of PGD-{m['train_steps']} (eps {_per255(m['train_eps'])}, step {_per255(m['train_alpha'])}), "
+        f"one-cycle lr {m['lr']:g}, batch {m['bs']}, seed {m['seed']}; checkpoint: {sel}", *extra,
+        f"evaluation at eps {p['eps']}: {', '.join(_attack_words(a, s) for a, s in p['attacks'].items())}",
+        f"every attack on the same {n} test images: {which}, {per}; accuracies are means over classes",
+        f"head/body/tail: the {len(g['head'])}/{len(g['body'])}/{len(g['tail'])} most/middle/least frequent training classes; "
+        f"tail_class: the rarest ({', '.join(names[c] for c in g['tail_class'])})"])
+
+# %% ../nbs/07_cli.ipynb #688b06df
+def plot_demo(reports: dict, path=None):
+    "Per-class accuracy of each method's selected checkpoint: one panel per attack, bars per method, classes by name, most frequent first"
+    import matplotlib.pyplot as plt
+    meths = list(dict.fromkeys(k for k, _ in reports))
+    reps = {k: reports.get((k, 'best'), reports[(k, 'last')]) for k in meths}
+    r0 = reps[meths[0]]; order = r0.per_class.index
+    names, counts = r0.meta.get('class_names') or [str(c) for c in order], r0.meta.get('counts')
+    attacks = [a for a in r0.per_class.columns if a not in ('n', 'worst')]
+    fig, axs = plt.subplots(len(attacks), 1, figsize=(max(8, 1.1 * len(order) + 1), 2.3 * len(attacks) + 0.8), squeeze=False, sharex=True)
+    x, w = np.arange(len(order)), 0.8 / len(meths)
+    for ax, a in zip(axs[:, 0], attacks):
+        for i, k in enumerate(meths): ax.bar(x + (i + 0.5) * w - 0.4, reps[k].per_class.loc[order, a], w, label=k)
+        ax.set_ylim(0, 1); ax.set_ylabel(f'{a} accuracy'); ax.grid(axis='y', alpha=.3)
+    axs[-1, 0].set_xticks(x, [f"{names[c]}\n{counts[c]}" if counts else names[c] for c in order], fontsize=8)
+    axs[-1, 0].set_xlabel('class, with its training images (most frequent first)')
+    fig.suptitle(f"per-class accuracy of the selected checkpoints: {r0.meta.get('dataset', '')}-LT, IR={r0.meta.get('ir', 0):g}, "
+                 f"eps={r0.protocol['eps']}, {int(r0.summary['n_eval'].max())} test images", fontsize=10)
+    fig.legend(*axs[0, 0].get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, 0.965), ncols=len(meths), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    if path: fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fig
+
+# %% ../nbs/07_cli.ipynb #46d8aa73
+def _fmt(tab):
+    try: import tabulate; return tab.round(4).to_markdown()
+    except ImportError: return tab.round(4).to_string()
 
 @call_parse
 def demo(out:str='runs/demo',        # output folder
          data:str='fashion_mnist',   # data set (the CPU-scale benchmark)
          ir:float=100.,              # imbalance ratio
-         epochs:int=5,               # epochs per method
-         steps:int=5,                # training PGD steps (step 2.5 eps/steps)
-         lr:float=0.05,              # peak learning rate (one-cycle)
+         epochs:int=4,               # epochs per method (one-cycle)
+         steps:int=3,                # training PGD steps (step 2.5 eps/steps)
+         lr:float=0.05,              # peak learning rate
          bs:int=128,                 # batch size
-         aa_n:int=200,               # AutoAttack on a class-balanced subset of this many test images
-         methods:str=','.join(DEMO_METHODS),  # methods to compare, comma separated
+         methods:str=','.join(DEMO_METHODS),  # methods to compare, comma separated (PGD-AT first, as the baseline)
+         attacks:str=','.join(DEMO_ATTACKS),  # evaluation attacks ('aa': the full standard AutoAttack)
+         n_eval:int=300,             # every attack on the first n test images (0: the whole test set)
          width:int=16,               # small_cnn width (16: ~4x cheaper than the default 32 on a CPU)
-         rob_batches:int=8,          # robust validation (PGD-10, selects the best checkpoint) on the first n test batches
+         rob_batches:int=8,          # checkpoint selection by PGD-10 on the first n test batches
          seed:int=0,                 # seed
          path:str=None,              # data folder (default: the usual places, e.g. /usr/share/datasets/fashion-mnist)
          quiet:store_true=False):    # no progress bars
-    "Train and evaluate each method on Fashion-MNIST-LT (IR=100) on the CPU; table, cards and plot in --out"
-    t0 = time.time(); out = Path(out)
+    "PGD-AT beside the long-tailed methods on Fashion-MNIST-LT (IR=100) on the CPU; table with its protocol, cards and per-class plot in --out"
+    t0, out, names = time.time(), Path(out), class_names(data)
+    if n_eval < 0: raise ValueError(f"n_eval={n_eval} must be >= 0 (0: the whole test set)")
     reps = {}
-    for m in _list(methods):
-        print(f"== {m}: {epochs} epochs of PGD-{steps} adversarial training on {data}-LT IR={ir:g}", flush=True)
-        r = run_experiment(data, ir, 'exp', m, 'small_cnn', epochs, lr, bs, 8/255, 2.5 * (8/255) / steps, steps, seed, out / m, path,
-                           False, ('clean', 'pgd20', 'aa'), aa_n, 0, rob_batches, arch_kw=dict(width=width), progress=not quiet, verbose=False)
-        for ck, rep in r.items(): reps[(m, ck)] = rep
-    tab = demo_table(reps)
+    for k in _list(methods):
+        st, t1 = DEMO_SETTINGS.get(k, {}), time.time()
+        print(f"== {k}: {epochs} epochs of PGD-{steps} adversarial training on {data}-LT IR={ir:g}", flush=True)
+        akw = dict(width=width, **st.get('arch_kw', {}))
+        r = run_experiment(data, ir, 'exp', k, 'small_cnn', epochs, lr, bs, 8/255, 2.5 * (8/255) / steps, steps, seed, out / k, path,
+                           False, _list(attacks), None, 0, rob_batches, eval_bs=n_eval or 500, max_batches=1 if n_eval else None,
+                           arch_kw=akw, method_kw=st.get('method_kw'), eval_model=st.get('eval_model'), progress=not quiet, verbose=False,
+                           meta=dict(class_names=names, arch_kw=akw, rob_images=rob_batches * bs, n_test=dataset_info[dataset_name(data)]['n_test']))
+        for ck, rep in r.items(): reps[(k, ck)] = rep
+        print(f"   {k}: {time.time() - t1:.0f} s (training {r['last'].meta['train_time_s']:.0f} s)", flush=True)
+    tab, head = demo_table(reps), demo_protocol(reps)
     out.mkdir(parents=True, exist_ok=True)
-    (out / 'table.md').write_text(tab.round(4).to_markdown() if _has_tabulate() else tab.round(4).to_string())
+    (out / 'table.md').write_text(f"```\n{head}\n```\n\n{_fmt(tab)}\n")
     tab.to_csv(out / 'table.csv')
-    _plot_demo(reps, out / 'per_class.png')
-    pd.set_option('display.width', 140)
-    print(f"\nFashion-MNIST-LT (exp, IR={ir:g}), small CNN, eps=8/255; PGD-20 on all {reps[next(iter(reps))].protocol['n_eval']} test images, "
-          f"AutoAttack (standard) on a class-balanced subset of {aa_n}; head/body/tail = classes 0-2/3-6/7-9 by frequency, tail_class = class 9")
-    print(tab.round(4).to_string())
-    print(f"\nwrote {out}/table.md, {out}/per_class.png and one folder per method (cards, checkpoints); total {time.time() - t0:.0f} s")
+    plot_demo(reps, out / 'per_class.png')
+    pd.set_option('display.width', 160)
+    print(f"\n{head}\n\n{tab.round(4).to_string()}")
+    chance = 1 / len(names)
+    for k in dict.fromkeys(k for k, _ in reps):
+        acc = reps[(k, 'last')].summary.loc['clean', 'overall'] if 'clean' in reps[(k, 'last')].summary.index else None
+        if acc is not None and acc < 2 * chance: print(f"WARNING: {k} learned little: clean accuracy {acc:.3f}, chance {chance:.3f}")
+    print(f"\nwrote {out}/table.md, table.csv, per_class.png and one folder per method (cards, checkpoints); total {time.time() - t0:.0f} s")
     return tab
 
-def _has_tabulate():
-    try: import tabulate; return True
-    except ImportError: return False
-
-def _plot_demo(reps, path):
-    import matplotlib.pyplot as plt
-    meths = sorted({m for m, _ in reps})
-    fig, axs = plt.subplots(1, len(meths), figsize=(5 * len(meths), 3.2), squeeze=False)
-    for ax, m in zip(axs[0], meths):
-        pc = reps[(m, 'last')].per_class
-        x = np.arange(len(pc))
-        for i, a in enumerate(('clean', 'pgd20', 'aa')):
-            ax.bar(x + (i - 1) * 0.27, pc[a], 0.27, label=a)
-        ax.plot(x, np.asarray(reps[(m, 'last')].meta['counts'])[pc.index] / max(reps[(m, 'last')].meta['counts']), 'k.--', label='train share (rel.)')
-        ax.set_xticks(x, pc.index); ax.set_ylim(0, 1); ax.set_title(f'{m} (last)'); ax.set_xlabel('class (most frequent first)')
-    axs[0][0].set_ylabel('accuracy'); axs[0][-1].legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(path, dpi=120); plt.close(fig)
-
 # %% ../nbs/07_cli.ipynb #cf481733
-COMMANDS = {'train': train, 'eval': evaluate, 'demo': demo}
-# commands defined in later chapters, imported only when called (the module must define a function of that name)
-LAZY_COMMANDS = {'bench': 'ltat.bench', 'reproduce': 'ltat.reproduce'}
-
-def _command(name):
-    if name in COMMANDS: return COMMANDS[name]
-    import importlib
-    return getattr(importlib.import_module(LAZY_COMMANDS[name]), name)
-
-def _available():
-    import importlib.util
-    return list(COMMANDS) + [k for k, m in LAZY_COMMANDS.items() if importlib.util.find_spec(m) is not None]
+COMMANDS = {'train': train, 'eval': evaluate, 'demo': demo, 'reproduce': reproduce, 'bench': bench}
 
 def main(argv=None):
-    "Entry point of the `ltat` command: `ltat {train,eval,demo,...} [options]`"
-    argv, cmds = list(sys.argv[1:] if argv is None else argv), _available()
+    "Entry point of the `ltat` command: `ltat {train,eval,demo,reproduce,bench} [options]`"
+    argv, cmds = list(sys.argv[1:] if argv is None else argv), list(COMMANDS)
     if not argv or argv[0] in ('-h', '--help') or argv[0] not in cmds:
         msg = f"usage: ltat {{{','.join(cmds)}}} [options]   (ltat COMMAND --help for options)"
         if argv and argv[0] not in ('-h', '--help'): print(f"ltat: unknown command {argv[0]!r}; valid: {', '.join(cmds)}", file=sys.stderr); print(msg, file=sys.stderr); return 2
         print(msg); return 0
-    f = _command(argv[0]); f = getattr(f, '__wrapped__', f)
+    f = COMMANDS[argv[0]]; f = getattr(f, '__wrapped__', f)
     args = vars(anno_parser(f, prog=f'ltat {argv[0]}').parse_args(argv[1:]))
     try: f(**{k: v for k, v in args.items() if k in inspect.signature(f).parameters})
     except (ValueError, FileNotFoundError) as e:

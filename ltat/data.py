@@ -6,12 +6,14 @@ Docs: https://ltat-dev.github.io/ltat/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #2f3b9214
 from __future__ import annotations
-import gzip, os, pickle, struct, zlib
+import gzip, math, os, pickle, struct, zlib
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastai.torch_core import default_device
+from fastcore.basics import patch
+from fastcore.foundation import L
+from fastai.torch_core import default_device, TensorImage, TensorImageBW, TensorCategory
 from fastai.data.core import DataLoaders
 from fastai.losses import CrossEntropyLossFlat
 
@@ -19,7 +21,7 @@ from fastai.losses import CrossEntropyLossFlat
 __all__ = ['PROFILES', 'dataset_info', 'IDX_IMAGES', 'IDX_LABELS', 'lt_counts', 'lt_indices', 'class_groups', 'tail_classes',
            'balanced_indices', 'CorruptFileError', 'data_path', 'read_cifar', 'read_idx', 'read_fashion_mnist',
            'read_svhn', 'read_tiny_imagenet', 'synthetic_data', 'dataset_name', 'load_dataset', 'batch_augment',
-           'TensorDS', 'TensorDL', 'holdout_split', 'lt_dls']
+           'TensorDS', 'TensorDL', 'holdout_split', 'LTDataLoaders', 'lt_dls']
 
 # %% ../nbs/01_data.ipynb #591b9ae1
 PROFILES = ('exp', 'step')
@@ -93,6 +95,7 @@ def tail_classes(n_classes:int) -> list:
 def balanced_indices(labels, # labels of the (long-tailed) set to re-sample
                      per_class:int, # images per class in the result
                      seed:int=0, # seed of a local `np.random.default_rng`
+                     keep_all:bool=True, # up-sampling keeps every image of a small class once; False: all drawn with replacement
                     ) -> np.ndarray:
     "Indices giving every class `per_class` images: down-sampled without, up-sampled with replacement"
     labels, per_class = _np_labels(labels), int(per_class)
@@ -101,7 +104,8 @@ def balanced_indices(labels, # labels of the (long-tailed) set to re-sample
     for c in np.unique(labels):
         idx = np.where(labels == c)[0]
         if len(idx) >= per_class: out.append(rng.choice(idx, per_class, replace=False))
-        else: out.append(np.concatenate([idx, rng.choice(idx, per_class - len(idx), replace=True)]))
+        elif keep_all: out.append(np.concatenate([idx, rng.choice(idx, per_class - len(idx), replace=True)]))
+        else: out.append(rng.choice(idx, per_class, replace=True))
     return np.concatenate(out)
 
 # %% ../nbs/01_data.ipynb #16e3da66
@@ -109,6 +113,15 @@ class CorruptFileError(ValueError, OSError):
     "A data file is truncated or not in the format its name promises"
 
 _C10 = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+_C100 = ('apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle', 'bottle', 'bowl', 'boy', 'bridge',
+         'bus', 'butterfly', 'camel', 'can', 'castle', 'caterpillar', 'cattle', 'chair', 'chimpanzee', 'clock', 'cloud', 'cockroach',
+         'couch', 'crab', 'crocodile', 'cup', 'dinosaur', 'dolphin', 'elephant', 'flatfish', 'forest', 'fox', 'girl', 'hamster',
+         'house', 'kangaroo', 'keyboard', 'lamp', 'lawn_mower', 'leopard', 'lion', 'lizard', 'lobster', 'man', 'maple_tree',
+         'motorcycle', 'mountain', 'mouse', 'mushroom', 'oak_tree', 'orange', 'orchid', 'otter', 'palm_tree', 'pear',
+         'pickup_truck', 'pine_tree', 'plain', 'plate', 'poppy', 'porcupine', 'possum', 'rabbit', 'raccoon', 'ray', 'road',
+         'rocket', 'rose', 'sea', 'seal', 'shark', 'shrew', 'skunk', 'skyscraper', 'snail', 'snake', 'spider', 'squirrel',
+         'streetcar', 'sunflower', 'sweet_pepper', 'table', 'tank', 'telephone', 'television', 'tiger', 'tractor', 'train',
+         'trout', 'tulip', 'turtle', 'wardrobe', 'whale', 'willow_tree', 'wolf', 'woman', 'worm')
 _FM = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 
 dataset_info = {
@@ -116,7 +129,7 @@ dataset_info = {
         looks_in=('{path}/cifar-10-batches-py', '{path}'), classes=_C10,
         get="download=True (torchvision.datasets.CIFAR10; needs network) or extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into {path}"),
     'cifar100': dict(n_classes=100, in_ch=3, img_size=32, n_max=500, n_train=50_000, n_test=10_000, pad=4, flip=True,
-        looks_in=('{path}/cifar-100-python', '{path}'), classes=None,
+        looks_in=('{path}/cifar-100-python', '{path}'), classes=_C100,
         get="download=True (torchvision.datasets.CIFAR100; needs network) or extract https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz into {path}"),
     'fashion_mnist': dict(n_classes=10, in_ch=1, img_size=28, n_max=6000, n_train=60_000, n_test=10_000, pad=2, flip=True,
         looks_in=('{path}', '{path}/fashion-mnist', '/usr/share/datasets/fashion-mnist', '{path}/FashionMNIST/raw'), classes=_FM,
@@ -138,8 +151,10 @@ def data_path(path=None) -> Path:
     return Path(path if path is not None else os.environ.get('LTAT_DATA', '~/.ltat/data')).expanduser()
 
 def _places(name, path) -> list:
-    "Candidate folders of dataset `name`, in search order"
-    return [Path(t.format(path=path)) for t in dataset_info[name]['looks_in'] if path is not None or '{path}' not in t]
+    "Candidate folders of dataset `name`, in search order: those under `path`, and system-wide copies only for no or the default `path`"
+    system = path is None or Path(path).expanduser() == data_path()
+    return [Path(t.format(path=path)) for t in dataset_info[name]['looks_in']
+            if (path is not None if '{path}' in t else system)]
 
 def _missing(name, looked, path, what):
     "FileNotFoundError listing every place looked at and how to get the data"
@@ -200,7 +215,7 @@ def read_idx(fname, # an IDX file, gzipped (by content, not name) or plain
                                f"({n * dtype.itemsize} data bytes), file holds {len(raw) - hdr}")
     return np.frombuffer(raw, dtype, count=n, offset=hdr).reshape(dims).astype(dtype.newbyteorder('='))
 
-def read_fashion_mnist(path=None, # folder with the four IDX files; the Debian and torchvision places are tried too
+def read_fashion_mnist(path=None, # folder with the four IDX files (or `fashion-mnist/`, `FashionMNIST/raw/` in it); None: the system copy
                        train:bool=True,
                       ) -> tuple:
     "Read Fashion-MNIST IDX files -> uint8 images (N,28,28), int64 labels"
@@ -297,6 +312,7 @@ _READERS = {
     'tiny_imagenet': lambda path, train, **kw: read_tiny_imagenet(path, train, **kw),
     'synthetic':     lambda path, train, **kw: synthetic_data(train, **kw),
 }
+_DOWNLOADABLE = ('cifar10', 'cifar100', 'svhn', 'fashion_mnist')
 _ALIASES = {'cifar_10': 'cifar10', 'cifar_100': 'cifar100', 'fmnist': 'fashion_mnist', 'fashionmnist': 'fashion_mnist',
             'tinyimagenet': 'tiny_imagenet', 'tiny_imagenet_200': 'tiny_imagenet'}
 
@@ -310,15 +326,20 @@ def dataset_name(name:str) -> str:
 def load_dataset(name:str, train:bool=True, path=None, download:bool=True, **kwargs) -> tuple:
     "Images (uint8) and labels (int64) of one split of dataset `name`, fetched with torchvision if missing and `download`"
     name = dataset_name(name)
-    path = data_path(path)
-    reader = lambda: _check_labels(name, train, *_READERS[name](path, train, **kwargs), kwargs.get('n_classes'))
-    try: return reader()
+    root = data_path(path)
+    can_fetch = download and name in _DOWNLOADABLE
+    if path is not None and dataset_info[name]['looks_in'] and not root.exists() and not can_fetch:
+        raise FileNotFoundError(f"{name}: path={str(root)!r} does not exist. Give the folder that holds the data, or path=None "
+                                f"for $LTAT_DATA / ~/.ltat/data and the system-wide copies.\n"
+                                f"To get it: {dataset_info[name]['get'].format(path=root)}")
+    read = lambda: _check_labels(name, train, *_READERS[name](root, train, **kwargs), kwargs.get('n_classes'))
+    try: return read()
     except FileNotFoundError as e:
-        if not download or name not in ('cifar10', 'cifar100', 'svhn', 'fashion_mnist'): raise
-        first, root = e, path
+        if not can_fetch: raise
+        first = e
     try: _tv_fetch(name, str(root), train)
     except Exception as e: raise FileNotFoundError(f"{first}\nThe download with torchvision failed: {e!r}") from e
-    return _check_labels(name, train, *_READERS[name](root, train, **kwargs), kwargs.get('n_classes'))
+    return read()
 
 def _check_labels(name, train, x, y, n_classes=None):
     "Refuse labels outside 0..C-1 (C from `dataset_info`, or the synthetic `n_classes`): a corrupt or foreign label file"
@@ -351,17 +372,40 @@ def batch_augment(x:torch.Tensor, # float batch (B,C,H,W)
     return x
 
 # %% ../nbs/01_data.ipynb #607f39a2
-class TensorDS:
-    "A split kept as tensors: uint8 images `x` (N,C,H,W) and int64 labels `y`"
-    loss_func = CrossEntropyLossFlat()
-    def __init__(self, x, y): self.x, self.y = x, y
-    def __len__(self): return len(self.y)
-    def __getitem__(self, i): return self.x[i].float() / 255, self.y[i]
-    def to(self, device): return TensorDS(self.x.to(device), self.y.to(device))
+def _as_float(x:torch.Tensor) -> torch.Tensor:
+    "Images stored as uint8 (0..255) or float ([0, 1]) -> a new float32 tensor in [0, 1]"
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
 
+class _Rows:
+    "`ds.iloc[idxs]`: rows of a `TensorDS` as a new `TensorDS` (fastai's `Interpretation` takes its items this way)"
+    def __init__(self, ds): self.ds = ds
+    def __getitem__(self, i):
+        i = torch.as_tensor(list(i) if isinstance(i, L) else i, dtype=torch.long).reshape(-1).to(self.ds.x.device)
+        return TensorDS(self.ds.x[i], None if self.ds.y is None else self.ds.y[i], self.ds.vocab)
+
+class TensorDS:
+    "A split kept as tensors: images `x` (N,C,H,W), uint8 or float in [0,1]; int64 labels `y` (None: unlabelled); class names `vocab`"
+    loss_func = CrossEntropyLossFlat()
+    def __init__(self, x, y=None, vocab=None):
+        if y is not None and len(y) != len(x): raise ValueError(f"{len(x)} images but {len(y)} labels")
+        self.x, self.y, self.vocab = x, y, None if vocab is None else list(vocab)
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i):
+        x = _as_float(self.x[i])
+        return (x,) if self.y is None else (x, self.y[i])
+    def to(self, device): return TensorDS(self.x.to(device), None if self.y is None else self.y.to(device), self.vocab)
+    def new_empty(self):
+        "No images, same shape, dtype and class names (what `learn.export` keeps of a split)"
+        return TensorDS(self.x[:0], None if self.y is None else self.y[:0], self.vocab)
+    @property
+    def iloc(self): return _Rows(self)
+    def __repr__(self): return f"TensorDS(n={len(self)}, shape={tuple(self.x.shape[1:])}, dtype={self.x.dtype}, labels={self.y is not None})"
+
+# %% ../nbs/01_data.ipynb #b7e1d2a0
 class TensorDL:
     "Batches of a `TensorDS` by indexing on its device, with optional batch-level crop/flip"
     n_inp = 1
+    _ignored = ('num_workers', 'pin_memory', 'persistent_workers', 'timeout', 'process')  # fastai loader options with no meaning here
     def __init__(self, dataset:TensorDS, bs:int=128, shuffle:bool=False, drop_last:bool=False, pad:int=0, flip:bool=False,
                  seed:int=0, device=None):
         self.dataset, self.bs, self.shuffle, self.drop_last, self.pad, self.flip, self.seed = dataset, bs, shuffle, drop_last, pad, flip, seed
@@ -386,17 +430,145 @@ class TensorDL:
         order = torch.randperm(self.n, device=g.device, generator=g).to(self.device) if self.shuffle else None
         for b in range(len(self)):
             i = slice(b * self.bs, (b + 1) * self.bs) if order is None else order[b * self.bs:(b + 1) * self.bs]
-            yield batch_augment(x[i].float().div_(255), self.pad, self.flip, g), y[i]
-    def one_batch(self): return next(iter(self))
-    def new(self, **kwargs):
-        "A copy with some of `bs`, `shuffle`, `drop_last`, `pad`, `flip`, `seed` changed (fresh generator)"
-        args = dict(bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last, pad=self.pad, flip=self.flip, seed=self.seed)
+            xb = batch_augment(_as_float(x[i]), self.pad, self.flip, g)
+            yield (xb,) if y is None else (xb, y[i])
+    def one_batch(self):
+        if len(self) == 0: raise ValueError(f"no batch to take: {self.n} items, bs={self.bs}, drop_last={self.drop_last}")
+        return next(iter(self))
+    def new(self, dataset=None, **kwargs):
+        "A copy (fresh generator) on `dataset`: default the same, a `TensorDS`, or test items (`test_dl`); `bs`, `shuffle`, `drop_last`, `pad`, `flip`, `seed`, `device` can change"
+        args = dict(bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last, pad=self.pad, flip=self.flip, seed=self.seed, device=self.device)
+        kwargs = {k: v for k, v in kwargs.items() if k not in self._ignored}
         bad = set(kwargs) - set(args)
         if bad: raise TypeError(f"TensorDL.new got unexpected arguments {sorted(bad)}")
-        return TensorDL(self.dataset, **{**args, **kwargs})
+        if dataset is None: dataset = self.dataset
+        elif not isinstance(dataset, TensorDS): dataset = TensorDS(_as_images(dataset, tuple(self.dataset.x.shape[1:])), None, self.dataset.vocab)
+        elif dataset.vocab is None: dataset = TensorDS(dataset.x, dataset.y, self.dataset.vocab)
+        return TensorDL(dataset, **{**args, **kwargs})
     def __repr__(self):
         return (f"TensorDL(n={self.n}, bs={self.bs}, shuffle={self.shuffle}, drop_last={self.drop_last}, "
                 f"pad={self.pad}, flip={self.flip}, device={self.device})")
+
+# %% ../nbs/01_data.ipynb #c4a1f0b1
+@patch(as_prop=True)
+def vocab(self:TensorDL):
+    "Class names in label order, as fastai's `CategoryMap`: the dataset's `vocab`, else '0', '1', ..."
+    from fastai.data.transforms import CategoryMap          # imported on use: it loads scikit-learn
+    names, y = self.dataset.vocab, self.dataset.y
+    if names is None: names = [str(i) for i in range(int(y.max()) + 1 if y is not None and len(y) else 0)]
+    return CategoryMap(list(names), sort=False)
+
+@patch(as_prop=True)
+def c(self:TensorDL): return len(self.vocab)
+
+@patch(as_prop=True)
+def items(self:TensorDL): return self.dataset
+
+@patch
+def decode(self:TensorDL, b):
+    "Batch `b` with fastai's types: `TensorImage` (`TensorImageBW` for one channel) inputs, `TensorCategory` labels"
+    x, *ys = b
+    x = _as_float(x) if x.dtype == torch.uint8 else x
+    return ((TensorImageBW if x.shape[1] == 1 else TensorImage)(x), *(TensorCategory(y) for y in ys))
+
+@patch
+def decode_batch(self:TensorDL, b, max_n:int=9, full:bool=True):
+    "The first `max_n` items of batch `b` as `(image, class name)` tuples"
+    from fastai.data.transforms import Category
+    x, *ys = self.decode(b)
+    names = self.vocab
+    return L((x[i], *(Category(names[int(y[i])]) for y in ys)) for i in range(min(len(x), max_n)))
+
+@patch
+def _pre_show_batch(self:TensorDL, b, max_n:int=9):
+    "fastai's hook: decoded inputs, decoded targets (None without) and the items of batch `b`"
+    x, *ys = self.decode(b)
+    return x, (ys[0] if len(ys) == 1 else tuple(ys) if ys else None), self.decode_batch(b, max_n)
+
+# %% ../nbs/01_data.ipynb #c4a1f0b2
+def _grid(n, nrows=None, ncols=None, figsize=None, imsize=2.):
+    "`n` matplotlib axes in a grid (the unused ones hidden)"
+    import matplotlib.pyplot as plt
+    n = max(int(n), 1)
+    ncols = ncols or (math.ceil(n / nrows) if nrows else math.ceil(math.sqrt(n)))
+    nrows = nrows or math.ceil(n / ncols)
+    _, axs = plt.subplots(nrows, ncols, figsize=figsize or (ncols * imsize, nrows * imsize * 1.15), squeeze=False)
+    axs = list(axs.flatten())
+    for ax in axs[n:]: ax.set_axis_off()
+    return axs[:n]
+
+@patch
+def show_batch(self:TensorDL,
+               b=None, # a batch `(x, y)` or `(x,)`; default: the first batch of a fresh copy of this loader
+               max_n:int=9, # images shown
+               ctxs=None, # matplotlib axes to draw on
+               show:bool=True, # False: return fastai's `(x, y, items)` instead of drawing
+               unique:bool=False, # one image `max_n` times, each with its own augmentation
+               nrows=None, ncols=None, figsize=None, **kwargs):
+    "Show `max_n` images titled with their class names; returns the axes"
+    if unique:
+        dl = self.new(); i = torch.zeros(max_n, dtype=torch.long, device=self.device)
+        x = batch_augment(_as_float(self.dataset.x[i]), self.pad, self.flip, dl._generator())
+        b = (x,) if self.dataset.y is None else (x, self.dataset.y[i])
+    elif b is None: b = self.new().one_batch()
+    if not show: return self._pre_show_batch(b, max_n)
+    its = self.decode_batch(b, max_n)
+    ctxs = ctxs if ctxs is not None else _grid(len(its), nrows, ncols, figsize)
+    for (im, *lbl), ax in zip(its, ctxs): im.show(ctx=ax, title=str(lbl[0]) if lbl else None, **kwargs)
+    return ctxs
+
+@patch
+def show_results(self:TensorDL,
+                 b, # the batch `(x, y)` predicted on
+                 out, # decoded predictions (class indices), or a tuple holding them
+                 max_n:int=9, ctxs=None, show:bool=True, nrows=None, ncols=None, figsize=None, **kwargs):
+    "Show images of `b` titled 'actual' over 'predicted' class name, green when right, red when wrong; returns the axes"
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    its, preds = self.decode_batch(b, max_n), self.decode_batch((b[0], out), max_n)
+    if not show: return its, preds
+    ctxs = ctxs if ctxs is not None else _grid(len(its), nrows, ncols, figsize)
+    for (im, *lbl), (_, p), ax in zip(its, preds, ctxs):
+        im.show(ctx=ax, **kwargs)
+        ax.set_title(f'{lbl[0]}\n{p}' if lbl else str(p), color=('green' if lbl[0] == p else 'red') if lbl else 'black')
+    return ctxs
+
+# %% ../nbs/01_data.ipynb #c4a1f0b4
+def _one_image(o) -> torch.Tensor:
+    "One test image -> (1,C,H,W): a tensor (C,H,W) or (H,W); a numpy array (H,W,C) or (H,W), or a PIL image"
+    if not torch.is_tensor(o):
+        a = np.asarray(o)
+        o = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1) if a.ndim == 3 else a))
+    return (o[None] if o.ndim == 2 else o)[None]
+
+def _as_images(items, shape) -> torch.Tensor:
+    "Test `items` -> an (N,C,H,W) uint8 or float32 tensor of images of `shape` (C,H,W)"
+    C, H, W = shape
+    if isinstance(items, (list, tuple, L)):
+        if len(items) == 0: raise ValueError("no test items")
+        x = torch.cat([_one_image(o) for o in items])
+    elif torch.is_tensor(items):
+        x = items[:, None] if items.ndim == 3 and C == 1 and tuple(items.shape[1:]) == (H, W) else _one_image(items) if items.ndim < 4 else items
+    else:
+        a = np.asarray(items)
+        if a.ndim == 4: a = a.transpose(0, 3, 1, 2)
+        elif a.ndim == 3 and C == 1 and a.shape[1:] == (H, W): a = a[:, None]
+        else: a = _one_image(a).numpy()
+        x = torch.from_numpy(np.ascontiguousarray(a))
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise TypeError(f"test images must be uint8 (0..255) or float in [0, 1], got {x.dtype}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != (C, H, W):
+        raise ValueError(f"test images of shape {tuple(x.shape)}; this loader's images are {(C, H, W)}: give a tensor (N,C,H,W) "
+                         f"or (C,H,W), a numpy array (N,H,W,C) or (H,W,C) (grey: no C), or a list of single images")
+    if x.is_floating_point():
+        x = x.float()
+        if len(x) and (x.min() < 0 or x.max() > 1):
+            raise ValueError(f"float test images must lie in [0, 1] (ltat's models normalise inside), got [{x.min():.3g}, {x.max():.3g}]")
+    return x
+
+@patch
+def test_dl(self:TensorDL, items, bs:int|None=None, **kwargs):
+    "A loader of test `items` (images, or a `TensorDS`) with this loader's class names: in order, no augmentation"
+    return self.new(items, shuffle=False, drop_last=False, pad=0, flip=False, **({} if bs is None else dict(bs=bs)), **kwargs)
 
 # %% ../nbs/01_data.ipynb #5b32e4d6
 def holdout_split(labels, n_per_class:int, seed:int=0) -> tuple:
@@ -415,14 +587,37 @@ def _to_tensor(x) -> torch.Tensor:
     x = x[:, :, :, None] if x.ndim == 3 else x
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
+def _class_names(name, path, C) -> list:
+    "Class names in label order: the registry's, Tiny-ImageNet's training folders, else '0'..'C-1'"
+    names = dataset_info[name]['classes']
+    if name == 'tiny_imagenet':
+        root = next((d for d in _places(name, data_path(path)) if (d/'train').is_dir()), None)
+        names = sorted(d.name for d in (root/'train').iterdir() if d.is_dir()) if root is not None else None
+    return list(names) if names is not None and len(names) == C else [str(i) for i in range(C)]
+
+# %% ../nbs/01_data.ipynb #d5e6f7a0
+class LTDataLoaders(DataLoaders):
+    "fastai `DataLoaders` whose description of the long-tailed set (counts, classes, seeds...) survives `new_empty` (`learn.export`)"
+    _meta = ('counts', 'n_classes', 'c', 'dataset_name', 'in_ch', 'img_size', 'n_max', 'ir', 'profile', 'augment',
+             'valid_split', 'seed', 'subset_seed')
+    def new_empty(self):
+        "Empty loaders with the same settings and description (the index arrays are left out)"
+        res = super().new_empty()
+        for k in self._meta:
+            if k in self.__dict__: setattr(res, k, self.__dict__[k])
+        res.test = res.loaders[2] if len(res.loaders) > 2 else res.valid
+        res.holdout = res.valid if self.__dict__.get('holdout') is not None else None
+        return res
+
 # %% ../nbs/01_data.ipynb #3859c75b
 def lt_dls(dataset:str, # one of `dataset_info`: 'cifar10','cifar100','fashion_mnist','svhn','tiny_imagenet','synthetic'
            ir:float, # imbalance ratio n_max/n_min (1 = balanced)
            profile:str='exp', # 'exp' or 'step'
            bs:int=128, # batch size (training batches are full: drop_last)
-           path=None, # data folder; default `$LTAT_DATA` or `~/.ltat/data`
+           path=None, # data folder; default `$LTAT_DATA` or `~/.ltat/data` (then the system-wide copies)
            download:bool=True, # fetch CIFAR/SVHN/Fashion-MNIST with torchvision when missing (needs network)
-           seed:int=0, # seed of the subset (LDAM-DRW's `np.random.seed`), the hold-out and the shuffling/augmentation
+           seed:int=0, # seed of the shuffling and the augmentation
+           subset_seed:int=0, # seed of the long-tailed subset (LDAM-DRW's `np.random.seed`) and the hold-out; 0 as in the official codes
            valid:str='test', # 'test' or 'holdout'; `n_holdout > 0` always validates on the hold-out
            n_holdout:int=0, # images per class held out of the training pool as a balanced validation split
            n_max:int|None=None, # largest class size; default the smallest class of the training pool
@@ -430,7 +625,7 @@ def lt_dls(dataset:str, # one of `dataset_info`: 'cifar10','cifar100','fashion_m
            device=None, # default: fastai's `default_device()`
            augment=True, # paper-style training augmentation, False, or dict(pad=..., flip=...)
            **kwargs, # passed to the reader (e.g. `n_classes`, `in_ch`, `img_size` for 'synthetic')
-          ) -> DataLoaders:
+          ) -> LTDataLoaders:
     "fastai `DataLoaders` of a long-tailed training subset (LDAM-DRW protocol) and the balanced test set"
     name = dataset_name(dataset)
     _check_ir(ir); _check_profile(profile)
@@ -444,24 +639,24 @@ def lt_dls(dataset:str, # one of `dataset_info`: 'cifar10','cifar100','fashion_m
     classes = np.unique(ytr)
     C = len(classes)
     if classes.tolist() != list(range(C)): raise CorruptFileError(f"{name}: training labels {classes.tolist()[:12]}... are not 0..C-1")
-    pool, hold = holdout_split(ytr, n_holdout, seed) if n_holdout else (np.arange(len(ytr)), np.zeros(0, np.int64))
+    pool, hold = holdout_split(ytr, n_holdout, subset_seed) if n_holdout else (np.arange(len(ytr)), np.zeros(0, np.int64))
     if n_max is None: n_max = int(np.bincount(ytr[pool], minlength=C).min())
     counts = lt_counts(n_max, C, ir, profile)
-    train_idx = pool[lt_indices(ytr[pool], counts, seed)]
+    train_idx = pool[lt_indices(ytr[pool], counts, subset_seed)]
     if not 1 <= bs <= len(train_idx):
         raise ValueError(f"bs={bs} but the long-tailed training set has {len(train_idx)} images; use 1 <= bs <= {len(train_idx)}")
     aug = dict(pad=info['pad'] if name != 'synthetic' or xtr.shape[1] >= 32 else 2, flip=info['flip'])
     aug = aug if augment is True else {**aug, **augment} if isinstance(augment, dict) else dict(pad=0, flip=False)
     device = default_device() if device is None else torch.device(device)
-    mk = lambda idx, x, y, **kw: TensorDL(TensorDS(_to_tensor(x[idx]), torch.from_numpy(y[idx])), bs=bs, seed=seed, **kw)
+    vocab = _class_names(name, path, C)
+    mk = lambda idx, x, y, **kw: TensorDL(TensorDS(_to_tensor(x[idx]), torch.from_numpy(y[idx]), vocab), bs=bs, seed=seed, **kw)
     train = mk(train_idx, xtr, ytr, shuffle=True, drop_last=True, **aug)
     test = mk(np.arange(len(yte)), xte, yte)
     holdout = mk(hold, xtr, ytr) if n_holdout else None
-    dls = DataLoaders(train, test if holdout is None else holdout, test, device=device)
+    dls = LTDataLoaders(train, test if holdout is None else holdout, test, device=device)
     shape = train.dataset.x.shape
-    vocab = list(info['classes']) if info['classes'] is not None and len(info['classes']) == C else [str(i) for i in range(C)]
-    for k, v in dict(counts=counts, n_classes=C, c=C, dataset_name=name, in_ch=shape[1], img_size=shape[2], vocab=vocab,
-                     n_max=n_max, ir=ir, profile=profile, augment=aug, test=test, holdout=holdout,
+    for k, v in dict(counts=counts, n_classes=C, c=C, dataset_name=name, in_ch=shape[1], img_size=shape[2],
+                     n_max=n_max, ir=ir, profile=profile, augment=aug, seed=seed, subset_seed=subset_seed, test=test, holdout=holdout,
                      valid_split='holdout' if n_holdout else 'test', train_idx=train_idx, holdout_idx=hold).items():
         setattr(dls, k, v)
     return dls

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib, warnings
 from functools import partial
 import torch, torch.nn as nn
-from fastcore.basics import store_attr, noop
+from fastcore.basics import store_attr, noop, patch
 from fastai.learner import Learner, AvgMetric, AvgLoss
 from fastai.metrics import AccumMetric
 from fastai.optimizer import SGD, OptimWrapper
@@ -113,6 +113,11 @@ def enable_fast(learn: Learner,
         learn.remove_cb(learn.progress); learn.add_cb(LazyProgress(lazy_progress))
     learn.fast = True
     return learn
+
+@patch
+def to_fast(self: Learner, force=False, **kwargs):
+    "`enable_fast(self, force, **kwargs)` as a `Learner` method (as fastai's `to_fp16`); `adv_learner(fast=True)` calls it forced"
+    return enable_fast(self, force=force, **kwargs)
 
 # %% ../nbs/09_fast.ipynb #813843f3
 class ShardDL:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect, math
 from functools import partial
 import torch, torch.nn as nn, torch.nn.functional as F
-from fastcore.basics import store_attr, listify
+from fastcore.basics import store_attr, listify, patch
 from fastcore.meta import delegates
 from fastai.learner import Learner, Metric
 from fastai.callback.core import Callback, CancelFitException
@@ -21,18 +21,18 @@ import fastai.callback.schedule, fastai.callback.progress  # `fit_one_cycle`, `l
 from .core import check_eps, check_steps, check_choice, check_range, to_plain, dist_sum
 from .attacks import pgd, attack_mode
 from .losses import trades_loss, trades_attack_loss, LT_LOSSES, make_lt_loss
+from .models import CosineHead, create_model
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_MODULES', 'check_ldam_head', 'AdvTrain', 'TradesTrain', 'RobustAccuracy', 'load_methods',
-           'register_method', 'default_opt', 'adv_learner']
+__all__ = ['METHODS', 'SAMPLERS', 'DEFINED_IN', 'check_ldam_head', 'AdvTrain', 'TradesTrain', 'RobustAccuracy',
+           'check_registered', 'register_method', 'default_opt', 'adv_learner']
 
 # %% ../nbs/05_learner.ipynb #0477361e
 def check_ldam_head(model, s, what='LDAM'):
     "Warn when a LDAM-style loss scales by `s` > 1 the logits of a head that is not a cosine classifier"
-    import warnings
-    from ltat.models import CosineHead
     head = getattr(getattr(model, 'module', model), 'head', None)
     if s > 1 and not isinstance(head, CosineHead):
+        import warnings
         warnings.warn(f"{what} with s={s:g} on a {type(head).__name__} head: LDAM's official code uses a normalised head; build the "
                       f"model with create_model(..., head='cosine', scale=1., gamma=0.) or pass s=1 (RoBal's LDAM row)", stacklevel=3)
         return False
@@ -48,15 +48,13 @@ class AdvTrain(Callback):
                  steps=10,           # PGD steps
                  init='uniform',     # PGD start: 'uniform', 'normal', 'onesided', 'none'
                  attack_loss='ce',   # loss maximised by the attack
-                 bn_eval=True,       # craft with BN/dropout in eval mode (as all research codes do)
+                 bn_eval=True,       # craft with BN/dropout in eval mode (RoBal, REAT, AT-BSL, TRADES, MART; not AT-AWP)
                  attack_dtype=None,  # None: float32; torch.bfloat16 for a faster training attack
                  loss=None,          # long-tailed loss: a name in `ltat.losses.LT_LOSSES` or a callable (logits, y); None: CE
                  loss_on='train',    # where `loss` replaces CE: 'train' (outer loss, RoBal §3.2), 'attack' (PGD objective) or 'both'
                  loss_kw=None):      # options of the loss factory, e.g. dict(s=1.) for RoBal's LDAM row
         check_eps(eps); check_eps(alpha, 'alpha'); check_steps(steps); check_choice(loss_on, ('train', 'attack', 'both'), 'loss_on')
-        if isinstance(loss, str):
-            if loss not in LT_LOSSES: load_methods()                     # chapters register more losses (e.g. 'ldam_drw')
-            check_choice(loss, tuple(LT_LOSSES), 'loss')
+        if isinstance(loss, str): check_registered(loss, LT_LOSSES, 'loss')
         elif loss is not None and not callable(loss): raise ValueError(f"loss={loss!r} must be None, a name in LT_LOSSES or a callable")
         store_attr(but='loss')
         self.lt_name, self.lt_loss, self._lt_state = loss, None, None   # not `self.loss`: subclasses and the learner use that name
@@ -74,28 +72,8 @@ class AdvTrain(Callback):
         if self.lt_loss is None or self.loss_on == 'train': return self.attack_loss
         return lambda z, y: self.lt_loss(z, y) * len(y)     # mean -> sum scale; a positive factor leaves sign-PGD unchanged
 
-    def _build_loss(self):
-        "Build the long-tailed loss once, from `dls.counts` (a missing count vector is a `ValueError`)"
-        if self.lt_name is None or self.lt_loss is not None: return
-        self.lt_loss = make_lt_loss(self.lt_name, getattr(self.learn.dls, 'counts', None), **(self.loss_kw or {}))
-        if self._lt_state is not None: self.load_state_dict(self._lt_state)
-        if self.lt_name in ('ldam', 'ldam_drw'): check_ldam_head(self.learn.model, (self.loss_kw or {}).get('s', 30.), f"loss={self.lt_name!r}")
-    def after_create(self): self._build_loss()
-    def before_epoch(self):
-        if callable(getattr(self.lt_loss, 'set_epoch', None)): self.lt_loss.set_epoch(self.epoch, self.n_epoch)   # e.g. DRW
-
-    def state_dict(self):
-        "State of a stateful long-tailed loss (e.g. the DRW phase), plain values"
-        sd = getattr(self.lt_loss, 'state_dict', None)
-        return {'loss': sd()} if callable(sd) else {}
-    def load_state_dict(self, d):
-        if 'loss' not in d: return
-        if self.lt_loss is None: self._lt_state = d; return                # applied when the loss is built
-        self._lt_state = None
-        if callable(getattr(self.lt_loss, 'load_state_dict', None)): self.lt_loss.load_state_dict(d['loss'])
-
-    def before_train(self):
-        self.old_lf, self.learn.loss_func = self.learn.loss_func, self._lf
+    def before_fit(self): self._checked, self._counts_t = False, None
+    def before_train(self): self.old_lf, self.learn.loss_func = self.learn.loss_func, self._lf
     def before_batch(self):
         x, y = to_plain(self.learn.xb[0]), to_plain(self.learn.yb[0])
         if not getattr(self, '_checked', False): check_range(x, name='training inputs'); self._checked = True
@@ -103,26 +81,59 @@ class AdvTrain(Callback):
     def after_train(self):
         if hasattr(self, 'old_lf'): self.learn.loss_func = self.old_lf; del self.old_lf
     after_cancel_train = after_cancel_fit = after_train
-    def before_fit(self): self._checked, self._counts_t = False, None
-
-    def class_counts(self):
-        "Training count per class, a float tensor on the model's device: `self.counts` if the method has one, else `dls.counts` (cached per fit)"
-        dev = next(self.learn.model.parameters()).device
-        c = getattr(self, '_counts_t', None)
-        if c is None or c.device != dev:
-            src = getattr(self, 'counts', None)
-            if src is None: src = getattr(self.learn.dls, 'counts', None)
-            if src is None:
-                raise ValueError(f"counts=None: {type(self).__name__} needs the training count of each class; pass counts=[n_0, ..., n_C-1] "
-                                 "or use DataLoaders from ltat.data.lt_dls (they carry dls.counts)")
-            n = torch.as_tensor(src, dtype=torch.float64).flatten().cpu()
-            C = getattr(self.learn.dls, 'n_classes', None)
-            if C is not None and len(n) != C: raise ValueError(f"counts has {len(n)} classes but dls.n_classes={C}")
-            if not bool((n >= 1).all()): raise ValueError(f"counts must be positive class counts, got {n.tolist()}")
-            c = self._counts_t = n.to(device=dev, dtype=torch.float32)
-        return c; self._build_loss()
-
     def _lf(self, pred, *yb): return self.train_loss(pred, *yb) if self.training else self.old_lf(pred, *yb)
+
+
+
+# %% ../nbs/05_learner.ipynb #211940ed
+@patch
+def _build_loss(self: AdvTrain):
+    "Build the long-tailed loss once, from `dls.counts` (a missing count vector is a `ValueError`)"
+    if self.lt_name is None or self.lt_loss is not None: return
+    self.lt_loss = make_lt_loss(self.lt_name, getattr(self.learn.dls, 'counts', None), **(self.loss_kw or {}))
+    if self._lt_state is not None: self.load_state_dict(self._lt_state)
+    if self.lt_name in ('ldam', 'ldam_drw'): check_ldam_head(self.learn.model, (self.loss_kw or {}).get('s', 30.), f"loss={self.lt_name!r}")
+
+@patch
+def after_create(self: AdvTrain): self._build_loss()
+
+@patch
+def before_epoch(self: AdvTrain):
+    if callable(getattr(self.lt_loss, 'set_epoch', None)): self.lt_loss.set_epoch(self.epoch, self.n_epoch)   # e.g. DRW
+
+# %% ../nbs/05_learner.ipynb #5506844b
+@patch
+def state_dict(self: AdvTrain):
+    "State of a stateful long-tailed loss (e.g. the DRW phase), plain values"
+    sd = getattr(self.lt_loss, 'state_dict', None)
+    return {'loss': sd()} if callable(sd) else {}
+
+@patch
+def load_state_dict(self: AdvTrain, d):
+    "Restore what `state_dict` returned (applied when the loss is built if it is not yet)"
+    if 'loss' not in d: return
+    if self.lt_loss is None: self._lt_state = d; return
+    self._lt_state = None
+    if callable(getattr(self.lt_loss, 'load_state_dict', None)): self.lt_loss.load_state_dict(d['loss'])
+
+# %% ../nbs/05_learner.ipynb #1d2a1911
+@patch
+def class_counts(self: AdvTrain):
+    "Training count per class, a float tensor on the model's device: `self.counts` if the method has one, else `dls.counts` (cached per fit)"
+    dev = next(self.learn.model.parameters()).device
+    c = getattr(self, '_counts_t', None)
+    if c is None or c.device != dev:
+        src = getattr(self, 'counts', None)
+        if src is None: src = getattr(self.learn.dls, 'counts', None)
+        if src is None:
+            raise ValueError(f"counts=None: {type(self).__name__} needs the training count of each class; pass counts=[n_0, ..., n_C-1] "
+                             "or use DataLoaders from ltat.data.lt_dls (they carry dls.counts)")
+        n = torch.as_tensor(src, dtype=torch.float64).flatten().cpu()
+        C = getattr(self.learn.dls, 'n_classes', None)
+        if C is not None and len(n) != C: raise ValueError(f"counts has {len(n)} classes but dls.n_classes={C}")
+        if not bool((n >= 1).all()): raise ValueError(f"counts must be positive class counts, got {n.tolist()}")
+        c = self._counts_t = n.to(device=dev, dtype=torch.float32)
+    return c
 
 # %% ../nbs/05_learner.ipynb #926a7cbc
 class TradesTrain(AdvTrain):
@@ -138,14 +149,14 @@ class TradesTrain(AdvTrain):
 # %% ../nbs/05_learner.ipynb #e5f917ec
 class RobustAccuracy(Metric):
     "Accuracy under L-inf PGD on the validation set (optionally a subset, every n epochs)"
-    def __init__(self, eps=8/255, alpha=2/255, steps=10, n_batches=None, every=1, metric_name='rob_acc', **attack_kw):
-        check_eps(eps); check_eps(alpha, 'alpha'); check_steps(steps); check_steps(every, 'every')
+    def __init__(self, eps=8/255, alpha=2/255, steps=10, n_batches=None, every=1, metric_name='rob_acc', start=1, **attack_kw):
+        check_eps(eps); check_eps(alpha, 'alpha'); check_steps(steps); check_steps(every, 'every'); check_steps(start, 'start')
         if n_batches is not None: check_steps(n_batches, 'n_batches')
         store_attr(but='attack_kw'); self.attack_kw = attack_kw
     def reset(self): self.correct, self.total = 0, 0
     def _active(self, learn):
         ep, n = getattr(learn, 'epoch', 0), getattr(learn, 'n_epoch', 1)
-        return (ep + 1) % self.every == 0 or ep == n - 1
+        return ep + 1 >= self.start and ((ep + 1) % self.every == 0 or ep == n - 1)   # `start`: 1-based, as the official loops
     def accumulate(self, learn):
         if not self._active(learn) or (self.n_batches is not None and learn.iter >= self.n_batches): return
         x, y = to_plain(learn.xb[0]), to_plain(learn.yb[0])
@@ -161,15 +172,20 @@ class RobustAccuracy(Metric):
 
 # %% ../nbs/05_learner.ipynb #dc17248e
 METHODS = {'natural': None, 'pgd_at': AdvTrain, 'trades': TradesTrain}
-# chapters that register more methods (with `register_method`); imported by `adv_learner` when present
-METHOD_MODULES = ('ltat.baselines', 'ltat.lt_at', 'ltat.robal', 'ltat.at_bsl', 'ltat.reat', 'ltat.srat', 'ltat.self_distill')
+SAMPLERS = {None: None}    # name -> callback that replaces the training loader's order (`ltat.lt_at` adds 'class_aware')
 
-def load_methods():
-    "Import every chapter that registers methods, so `METHODS` is complete; returns the method names"
-    import importlib, importlib.util
-    for m in METHOD_MODULES:
-        if importlib.util.find_spec(m) is not None: importlib.import_module(m)
-    return list(METHODS)
+# where the names of the later chapters live: a registry entry appears when its module is imported
+# (`from ltat.all import *` imports every one); this table only makes the error message helpful
+DEFINED_IN = {'mart': 'ltat.baselines', 'awp': 'ltat.baselines', 'robal': 'ltat.robal', 'at_bsl': 'ltat.at_bsl',
+              'reat': 'ltat.reat', 'srat': 'ltat.srat', 'self_distill': 'ltat.self_distill', 'class_aware': 'ltat.lt_at',
+              'ldam_drw': 'ltat.lt_at', 'focal_drw': 'ltat.lt_at', 'ce_drw': 'ltat.lt_at'}
+
+def check_registered(name, registry, what):
+    "Raise a `ValueError` naming `name`, the registered names and, for a known name of a later chapter, the module to import"
+    if name in registry: return name
+    hint = (f"; {name!r} is defined in {DEFINED_IN[name]}: `import {DEFINED_IN[name]}` or `from ltat.all import *`"
+            if name in DEFINED_IN else "; `from ltat.all import *` registers every method, loss and sampler of ltat")
+    raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(map(repr, registry))}{hint}")
 
 def register_method(name):
     "Decorator: make a callback class available as `adv_learner(..., method=name)`"
@@ -199,32 +215,28 @@ def adv_learner(dls, model,
                 rob_steps=10,          # PGD steps of the robust metric
                 rob_batches=None,      # limit the robust metric to the first n validation batches
                 rob_every=1,           # compute it every n epochs (and on the last)
-                fast=None,             # GPU fast path (`ltat.fast`): None = on where safe (CUDA), True/False to force
-                sampler=None,          # None (the loader's own shuffling) or 'class_aware' (RoBal's re-sampling, `ltat.lt_at`)
+                rob_start=1,           # first (1-based) epoch on which it is computed, so selection starts there
+                fast=False,            # float32 everywhere (every official code); True: `ltat.fast`'s bf16 path (opt-in)
+                sampler=None,          # None (the loader's own shuffling) or a name of `SAMPLERS` ('class_aware': `ltat.lt_at`)
                 **kwargs):
     "A fastai `Learner` that trains `model` (a module or an arch name) on `dls` with adversarial `method`"
-    load_methods()
-    check_choice(method, tuple(METHODS), 'method'); check_eps(eps); check_eps(alpha, 'alpha'); check_steps(steps)
-    check_choice(sampler, (None, 'class_aware'), 'sampler')
+    check_registered(method, METHODS, 'method'); check_eps(eps); check_eps(alpha, 'alpha'); check_steps(steps)
+    check_registered(sampler, SAMPLERS, 'sampler')
+    check_choice(fast, (False, True), 'fast')
+    if fast and not hasattr(Learner, 'to_fast'):
+        raise ValueError("fast=True needs the fast-path chapter: `import ltat.fast` (or `from ltat.all import *`)")
     cls = METHODS[method]
     mkw = {k: kwargs.pop(k) for k in list(kwargs) if cls is not None and k in _method_params(cls)}
     if isinstance(model, str):
-        from ltat.models import create_model
         n_cls = getattr(dls, 'n_classes', None) or getattr(dls, 'c', None)
         model = create_model(model, n_cls, in_ch=getattr(dls, 'in_ch', 3))
-    metrics = [accuracy] + ([RobustAccuracy(eps, alpha, rob_steps, rob_batches, rob_every)] if robust_metric else [])
+    metrics = [accuracy] + ([RobustAccuracy(eps, alpha, rob_steps, rob_batches, rob_every, start=rob_start)] if robust_metric else [])
     metrics += listify(kwargs.pop('metrics', None))
     cbs = listify(kwargs.pop('cbs', None)) + ([cls(eps=eps, alpha=alpha, steps=steps, **mkw)] if cls else [])
-    if sampler == 'class_aware':
-        from ltat.lt_at import ClassAwareSampling
-        cbs.append(ClassAwareSampling())
+    if SAMPLERS[sampler] is not None: cbs.append(SAMPLERS[sampler]())
     kwargs.setdefault('opt_func', default_opt())
     kwargs.setdefault('loss_func', CrossEntropyLossFlat())
     kwargs.setdefault('wd_bn_bias', True)   # the research codes decay every parameter (PyTorch SGD weight_decay), BN and biases too
     learn = Learner(dls, model, metrics=metrics, cbs=cbs, **kwargs)
     learn.method = method
-    import importlib.util
-    if fast or (fast is None and importlib.util.find_spec('ltat.fast') is not None):
-        from ltat.fast import enable_fast     # the fast-path chapter decides what is safe on this device
-        enable_fast(learn, force=bool(fast))
-    return learn
+    return learn.to_fast(force=True) if fast else learn    # `Learner.to_fast` is patched in by `ltat.fast`

@@ -13,11 +13,12 @@ from fastai.callback.core import Callback
 from .core import check_choice
 from .data import TensorDL, batch_augment
 from .losses import LT_LOSSES, cb_weights, ldam_loss, focal_loss, make_lt_loss, _counts, _needs_counts, on_device
-from .learner import AdvTrain, adv_learner
+from .models import TDEHead
+from .learner import AdvTrain, adv_learner, SAMPLERS
 
 # %% auto #0
 __all__ = ['DRW', 'DRWLoss', 'class_aware_order', 'ClassAwareDL', 'class_aware_dl', 'ClassAwareSampling', 'LWSHead', 'finetune',
-           'CDTPost', 'TauNorm', 'LAPost', 'TDEHead', 'TDEPost']
+           'CDTPost', 'TauNorm', 'LAPost', 'TDEPost']
 
 # %% ../nbs/10_lt_at.ipynb #d94f7a00
 class DRW:
@@ -106,6 +107,8 @@ class ClassAwareSampling(Callback):
         if hasattr(self, 'old_dl'): self.learn.dls.train = self.old_dl; del self.old_dl
     after_cancel_fit = after_fit
 
+SAMPLERS['class_aware'] = ClassAwareSampling     # `adv_learner(..., sampler='class_aware')`
+
 # %% ../nbs/10_lt_at.ipynb #1ca7ed3d
 class LWSHead(nn.Module):
     "Learnable weight scaling (Kang et al. 2020): h_i = s_i * W_i^T f, s initialised to 1, the linear head's bias dropped"
@@ -169,29 +172,6 @@ class LAPost(nn.Module):
     def forward(self, x): return self.model(x) - self.tau * self.log_prior
 
 # %% ../nbs/10_lt_at.ipynb #7e23cbe1
-class TDEHead(nn.Module):
-    "RoBal's simplified TDE classifier: cosine head (scale 16) with a running feature direction removed at inference"
-    def __init__(self, feat_dim, n_classes, scale=16.0, gamma=1/32, mu=0.9, alpha=0.1, posthoc=True):
-        super().__init__()
-        self.feat_dim, self.n_classes, self.scale, self.gamma, self.mu, self.alpha, self.posthoc = feat_dim, n_classes, scale, gamma, mu, alpha, posthoc
-        bound = 1 / math.sqrt(feat_dim)
-        self.weight = nn.Parameter(torch.empty(n_classes, feat_dim).uniform_(-bound, bound))
-        self.register_buffer('direction', torch.zeros(1, feat_dim))
-    def _w(self): return self.weight / (self.weight.norm(dim=1, keepdim=True) + self.gamma)
-    def tde(self, f, alpha=None):
-        "The inference branch: s * (f~ - alpha * d * cos(f, d)) W~^T"
-        a, d = self.alpha if alpha is None else alpha, self.direction
-        ft = F.normalize(f, dim=1)
-        if not bool(d.abs().sum() > 0): return self.scale * ft @ self._w().t()
-        cos = (f * d).sum(1, keepdim=True) / f.norm(dim=1, keepdim=True) / d.norm()
-        return self.scale * (ft - a * d * cos) @ self._w().t()
-    def forward(self, f):
-        if self.posthoc and not self.training: return self.tde(f)
-        ft = F.normalize(f, dim=1)
-        if self.training:
-            with torch.no_grad(): self.direction.mul_(self.mu).add_(ft.mean(0, keepdim=True))   # not (1-mu)-weighted, as the code
-        return self.scale * ft @ self._w().t()
-
 class TDEPost(nn.Module):
     "Test-time TDE of a model whose head is a `TDEHead` (optionally another alpha)"
     def __init__(self, model, alpha=None):

@@ -16,8 +16,8 @@ from .core import check_choice
 # %% auto #0
 __all__ = ['DATASET_STATS', 'MODELS', 'HEADS', 'Normalize', 'Stats', 'BasicBlock', 'PreActBlock', 'ResNet', 'WideBlock',
            'WideResNet', 'SmallCNN', 'resnet18', 'preact_resnet18', 'wrn34_10', 'wrn28_10', 'small_cnn', 'list_models',
-           'linear_head', 'CosineHead', 'tde_head', 'list_heads', 'LTModel', 'lt_splitter', 'UnknownKwargError',
-           'create_model']
+           'linear_head', 'CosineHead', 'TDEHead', 'tde_head', 'list_heads', 'LTModel', 'lt_splitter',
+           'UnknownKwargError', 'create_model']
 
 # %% ../nbs/02_models.ipynb #77bfd073
 class Normalize(nn.Module):
@@ -206,9 +206,31 @@ class CosineHead(nn.Module):
     def extra_repr(self):
         return f"feat_dim={self.feat_dim}, n_classes={self.n_classes}, scale={self.scale:g}, gamma={self.gamma:g}, bias={self.bias is not None}"
 
+class TDEHead(nn.Module):
+    "RoBal's simplified TDE classifier: cosine head (scale 16) with a running feature direction removed at inference"
+    def __init__(self, feat_dim, n_classes, scale=16.0, gamma=1/32, mu=0.9, alpha=0.1, posthoc=True):
+        super().__init__()
+        self.feat_dim, self.n_classes, self.scale, self.gamma, self.mu, self.alpha, self.posthoc = feat_dim, n_classes, scale, gamma, mu, alpha, posthoc
+        bound = 1 / math.sqrt(feat_dim)
+        self.weight = nn.Parameter(torch.empty(n_classes, feat_dim).uniform_(-bound, bound))
+        self.register_buffer('direction', torch.zeros(1, feat_dim))
+    def _w(self): return self.weight / (self.weight.norm(dim=1, keepdim=True) + self.gamma)
+    def tde(self, f, alpha=None):
+        "The inference branch: s * (f~ - alpha * d * cos(f, d)) W~^T"
+        a, d = self.alpha if alpha is None else alpha, self.direction
+        ft = F.normalize(f, dim=1)
+        if not bool(d.abs().sum() > 0): return self.scale * ft @ self._w().t()
+        cos = (f * d).sum(1, keepdim=True) / f.norm(dim=1, keepdim=True) / d.norm()
+        return self.scale * (ft - a * d * cos) @ self._w().t()
+    def forward(self, f):
+        if self.posthoc and not self.training: return self.tde(f)
+        ft = F.normalize(f, dim=1)
+        if self.training:
+            with torch.no_grad(): self.direction.mul_(self.mu).add_(ft.mean(0, keepdim=True))   # not (1-mu)-weighted, as the code
+        return self.scale * ft @ self._w().t()
+
 def tde_head(feat_dim, n_classes, scale=16.0, gamma=1/32, mu=0.9, alpha=0.1, posthoc=True):
-    "RoBal's simplified TDE head (`ltat.lt_at.TDEHead`, derived in the long-tailed AT chapter), built by name"
-    from ltat.lt_at import TDEHead
+    "RoBal's simplified TDE head (derived in the long-tailed AT chapter, `10_lt_at`), built by name"
     return TDEHead(feat_dim, n_classes, scale=scale, gamma=gamma, mu=mu, alpha=alpha, posthoc=posthoc)
 
 HEADS = {'linear': linear_head, 'cosine': CosineHead, 'tde': tde_head}

@@ -10,11 +10,16 @@ import json, re, time, copy
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.script import call_parse, store_true
-from .core import check_choice
-from .presets import preset, _NORMED
+from .core import check_choice, eps_str
 from .data import lt_dls
 from .models import create_model
+from .learner import adv_learner, default_opt, METHODS
+from .lt_at import finetune, CDTPost, TauNorm, LAPost
+from .robal import robal_eval_model
 from .evaluate import robust_report
+from .checkpoint import load_weights
+from .presets import preset, PRESETS, _NORMED, schedule_cbs
+from .experiment import run_experiment
 
 # %% auto #0
 __all__ = ['TABLES', 'QUICK', 'list_tables', 'run_row', 'assemble', 'reproduce']
@@ -28,6 +33,12 @@ _LT = 'fmnist-lt'
 # class-balanced 200 of them; checkpoint selection by PGD-10 on the first 2,048 test images
 _FM_EVAL = dict(attacks=('clean', 'fgsm', 'pgd20', 'cw20', 'aa', 'pgd20_x10'), max_batches=4, aa_n=200, rob_batches=16)
 def _fm(name, **kw): return _row(name, _LT, **{**_FM_EVAL, **kw})
+def _sd_row(name, m, d, **kw):
+    "A row of the Self-Distill tables: the method's own preset for data set `d` where ltat has one, else its CIFAR-10-LT recipe on `d`"
+    p = f'{m}-{d}-lt'
+    if p in PRESETS: return _row(name, p, **kw)
+    return _row(name, f'{m}-cifar10-lt', **({} if d == 'cifar10' else dict(dataset='cifar100', ir=10)), **kw)
+
 TABLES = {
     # every method of ltat on Fashion-MNIST-LT (IR 100), small CNN, short schedule: the CPU-scale table
     'fmnist': [
@@ -67,12 +78,10 @@ TABLES = {
         _row('REAT', 'reat-cifar10-lt'),
     ],
     # Self-Distill Tables 1-2 (ResNet-18, best and last checkpoints)
-    **{f'self_distill-{d}': [
-        _row('PGD-AT', 'pgd_at-cifar10-lt', **o), _row('TRADES', 'trades-cifar10-lt', **o), _row('MART', 'mart-cifar10-lt', **o),
-        _row('AWP', 'awp-cifar10-lt', **o),
-        _row('RoBal', 'robal-n-cifar10-lt', arch='resnet18', robal_eval='cifar10-n' if d == 'cifar10' else 'cifar100-n', **o),
-        _row('REAT', 'reat-cifar10-lt', **o), _row('AT-BSL', 'at_bsl-cifar10-lt', **o), _row('Self-Distill', 'self_distill-cifar10-lt', **o)]
-       for d, o in (('cifar10', {}), ('cifar100', dict(dataset='cifar100', ir=10)))},
+    **{f'self_distill-{d}': [_sd_row(name, m, d, **kw) for name, m, kw in (
+        ('PGD-AT', 'pgd_at', {}), ('TRADES', 'trades', {}), ('MART', 'mart', {}), ('AWP', 'awp', {}),
+        ('RoBal', 'robal-n', dict(arch='resnet18', robal_eval=f'{d}-n')), ('REAT', 'reat', {}), ('AT-BSL', 'at_bsl', {}),
+        ('Self-Distill', 'self_distill', {}))] for d in ('cifar10', 'cifar100')},
     # RoBal Table 1 (CIFAR-10-LT IR 50, WRN-34-10, the official schedule and attack): the systematic study
     'robal-table1': [
         _row('Vanilla FC', 'robal-table1'),
@@ -81,13 +90,17 @@ TABLES = {
         _row('Cosine with margin', 'robal-table1', arch_kw=dict(head='cosine', scale=1., gamma=0.), method_kw=dict(loss='cos_margin')),
         _row('Class-aware temperature (CDT)', 'robal-table1', method_kw=dict(loss='cdt')),
         _row('Class-aware bias (LA)', 'robal-table1', method_kw=dict(loss='la')),
-        _row('Hard-example mining (focal)', 'robal-table1', method_kw=dict(loss='sigmoid_focal')),
-        _row('Re-sampling', 'robal-table1', epochs=25, schedule=dict(milestones=(15, 20), gamma=0.1), method_kw=dict(sampler='class_aware')),
+        # the official focal config warms up for 5 epochs under the compounding decay
+        _row('Hard-example mining (focal)', 'robal-table1', method_kw=dict(loss='sigmoid_focal'),
+             schedule=dict(milestones=(60, 75), gamma=0.1, compounding=True, warmup=5)),
+        _row('Re-sampling', 'robal-table1', epochs=25, schedule=dict(milestones=(15, 20), gamma=0.1, compounding=True),
+             method_kw=dict(sampler='class_aware')),
         _row('Re-weighting', 'robal-table1', method_kw=dict(loss='cb')),
         _row('TDE', 'robal-table1', arch_kw=dict(head='tde')),
         _post('1-epoch re-sampling', 'Vanilla FC', ('finetune', 'rs')),
         _post('1-epoch re-weighting', 'Vanilla FC', ('finetune', 'rw')),
-        _post('LWS', 'Vanilla FC', ('finetune', 'lws')),
+        # the official LWS config restarts at epoch 80 and fine-tunes to epoch 90 (`lr_decline` 83, 86: epochs 3 and 6 of 10)
+        _post('LWS', 'Vanilla FC', ('finetune', 'lws'), epochs=10, schedule=dict(milestones=(3, 6), gamma=0.1, compounding=True)),
         _post('CDT-post', 'Vanilla FC', ('wrap', 'cdt_post')),
         _post('tau-norm', 'Vanilla FC', ('wrap', 'tau_norm')),
         _post('LA-post', 'Vanilla FC', ('wrap', 'la_post')),
@@ -119,11 +132,13 @@ def _recipe(row):
 
 def _robal_table1_base():
     r = preset('robal-n-cifar10-lt')
-    r.update(method='pgd_at', method_kw=dict(init='onesided'), head='linear', arch_kw={}, attacks=('clean', 'pgd20', 'aa_ce_t', 'pgd20_x10'))
+    r.update(method='pgd_at', method_kw=dict(init='onesided'), head='linear', arch_kw={}, attacks=('clean', 'pgd20', 'aa_ce_t', 'pgd20_x10'),
+             robal_eval=None)
     return r
 
 def _slug(name): return re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_').lower()
-def _post_key(row, base_recipe): return dict(base=row['base'], post=list(row['post']), base_recipe=base_recipe)
+def _post_key(row, base_recipe): return dict(base=row['base'], post=list(row['post']), base_recipe=base_recipe,
+                                            **{k: row[k] for k in ('epochs', 'schedule') if k in row})
 def _norm(x): return json.loads(json.dumps(x, default=str))
 
 def _cached_cards(path, recipe):
@@ -135,58 +150,58 @@ def _cached_cards(path, recipe):
     except (OSError, json.JSONDecodeError): return None
 
 # %% ../nbs/18_reproduce.ipynb #a4a2f598
-_WRAPS = {'cdt_post': lambda m, dls: __import__('ltat.lt_at', fromlist=['x']).CDTPost(m, dls.counts),
-          'tau_norm': lambda m, dls: __import__('ltat.lt_at', fromlist=['x']).TauNorm(m),
-          'la_post': lambda m, dls: __import__('ltat.lt_at', fromlist=['x']).LAPost(m, dls.counts)}
+_WRAPS = {'cdt_post': lambda m, dls: CDTPost(m, dls.counts), 'tau_norm': lambda m, dls: TauNorm(m),
+          'la_post': lambda m, dls: LAPost(m, dls.counts)}
 
 def run_row(row, out, quick=None, rows_done=None, progress=True):
     "Train and evaluate one row (or post-process an earlier one); returns `{'last': report, 'best': report}`"
-    from ltat.cli import run_experiment
     out = Path(out) / _slug(row['name'])
     if 'post' in row: return _run_post(row, out, rows_done or {}, quick, progress)
     r = _recipe(row)
     if quick: r.update(quick)
     eval_model = None
-    if row.get('robal_eval'):
-        from ltat.robal import robal_eval_model
-        eval_model = lambda m, dls, p=row['robal_eval']: robal_eval_model(m, dls.counts, p)
+    robal_eval = row.get('robal_eval', r.get('robal_eval'))    # RoBal's Eq. 11 head at test time, as its official config
+    if robal_eval:
+        eval_model = lambda m, dls, p=robal_eval: robal_eval_model(m, dls.counts, p)
     arch_kw = dict(r.get('arch_kw', {}))
     if r.get('head', 'linear') != 'linear': arch_kw.setdefault('head', r['head'])
     reps = run_experiment(data=r['dataset'], ir=r['ir'], profile=r['profile'], method=r['method'], arch=r['arch'], epochs=r['epochs'],
                           lr=r['lr'], bs=r['bs'], eps=r['eps'], alpha=r['alpha'], steps=r['steps'], seed=r['seed'], out=out,
-                          attacks=r['attacks'], aa_n=r.get('aa_n', 1000), rob_batches=r.get('rob_batches'), arch_kw=arch_kw,
+                          attacks=r['attacks'], aa_n=r.get('aa_n'), rob_batches=r.get('rob_batches'), arch_kw=arch_kw,
                           data_kw=r.get('data_kw'), method_kw=r.get('method_kw'), schedule=r['schedule'], wd=r['wd'],
                           max_batches=r.get('max_batches'), progress=progress, verbose=False, eval_model=eval_model,
-                          meta=dict(row=row['name'], preset=row['preset']))
+                          subset_seed=r.get('subset_seed', 0), eval_eps=r.get('eval_eps', 8/255), select=r.get('select'),
+                          fast=r.get('fast', False), meta=dict(row=row['name'], preset=row['preset'], source=r.get('source')))
     (out / 'recipe.json').write_text(json.dumps(r, indent=2, default=str))
     return reps
 
 def _run_post(row, out, rows_done, quick, progress):
     "Fine-tune or wrap the last checkpoint of row `row['base']`, evaluate it"
-    from ltat.learner import adv_learner, default_opt
-    from ltat.checkpoint import load_weights
     base = rows_done.get(row['base'])
     if base is None: raise ValueError(f"post row {row['name']!r} needs row {row['base']!r} to run first")
     r, base_out = base
-    dls = lt_dls(r['dataset'], r['ir'], profile=r['profile'], bs=r['bs'], seed=r['seed'], download=False, **(r.get('data_kw') or {}))
+    dls = lt_dls(r['dataset'], r['ir'], profile=r['profile'], bs=r['bs'], seed=r['seed'], subset_seed=r.get('subset_seed', 0),
+                 download=False, **(r.get('data_kw') or {}))
     arch_kw = dict(r.get('arch_kw', {}))
     model = create_model(r['arch'], dls.n_classes, in_ch=dls.in_ch, **arch_kw).to(dls.device)
     load_weights(model, base_out / 'last.pth')
     kind, what = row['post']
     if kind == 'finetune':
-        from ltat.lt_at import finetune
         mkw = {k: v for k, v in r.get('method_kw', {}).items() if k in ('init',)}
         learn = adv_learner(dls, model, method='pgd_at', eps=r['eps'], alpha=r['alpha'], steps=r['steps'], robust_metric=False,
                             opt_func=default_opt(r['wd']), **mkw)
-        ft = finetune(learn, what, epochs=1, lr=r['lr'])
+        ep = row.get('epochs', 1)
+        ft = finetune(learn, what, epochs=ep, lr=r['lr'], cbs=schedule_cbs(row.get('schedule', 'one_cycle'), r['lr'], ep))
         model = ft.model
     else: model = _WRAPS[what](model, dls)
     out.mkdir(parents=True, exist_ok=True)
     test_dl = dls.test.new(bs=500, shuffle=False)
-    aa_n = r.get('aa_n', 1000); aa_n = None if aa_n is None or aa_n >= len(test_dl.dataset) else aa_n
-    rep = robust_report(model.eval(), test_dl, attacks=r['attacks'], eps=r['eps'], counts=dls.counts, aa_n=aa_n, seed=r['seed'],
+    aa_n = r.get('aa_n'); aa_n = None if aa_n is None or aa_n >= len(test_dl.dataset) else aa_n
+    ev = r.get('eval_eps', 8/255)
+    rep = robust_report(model.eval(), test_dl, attacks=r['attacks'], eps=ev, counts=dls.counts, aa_n=aa_n, seed=r['seed'],
                         max_batches=r.get('max_batches'), progress=progress,
-                        meta=dict(row=row['name'], base=row['base'], post=list(row['post']), checkpoint='last', dataset=r['dataset'], ir=r['ir']))
+                        meta=dict(row=row['name'], base=row['base'], post=list(row['post']), checkpoint='last', dataset=r['dataset'],
+                                  ir=r['ir'], eval_eps=eps_str(ev), subset_seed=r.get('subset_seed', 0)))
     rep.to_json(out / 'card_last.json')
     best = copy.deepcopy(rep); best.meta['checkpoint'] = 'best'; best.meta['note'] = 'post-processing starts from the last checkpoint'
     best.to_json(out / 'card_best.json')
@@ -200,7 +215,8 @@ def assemble(cards: dict) -> pd.DataFrame:
     "Table from `{(row, ckpt): card dict}`: one line per row and checkpoint"
     lines = []
     for (row, ck), c in cards.items():
-        s = c['summary']; d = {'row': row, 'ckpt': ck}
+        s = c['summary']; d = {'row': row, 'ckpt': ck, 'eps': c.get('protocol', {}).get('eps'), 'n': c.get('protocol', {}).get('n_eval')}
+        if 'aa' in s or 'aa_ce_t' in s: d['n_aa'] = s.get('aa', s.get('aa_ce_t'))['n_eval']    # a subset shows as a subset
         for a in _COLS:
             if a in s: d[a] = s[a]['overall']
             if a == 'aa' and 'pgd20' in c.get('on_aa_subset', {}): d['pgd20@aa'] = c['on_aa_subset']['pgd20']

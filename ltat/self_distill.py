@@ -69,7 +69,7 @@ def train_teacher(dls, model, epochs:int=30, bs:int=32, lr:float=0.1, gamma=None
 
 # %% ../nbs/16_self_distill.ipynb #653f225d
 def self_distill_loss(s_plus, s_minus, t_plus, t_minus, y, counts, alpha=1.0, alpha_igdm=20.0, ramp=1.0, kd=True, tau=1.0):
-    "BSL(S(x'), y) + alpha * [KL(T(x') || S(x')) + alpha_igdm * ramp * IGDM] (methods.md §9 reconstruction)"
+    "BSL(S(x'), y) + alpha * [KL(T(x') || S(x')) + alpha_igdm * ramp * IGDM] (ltat's reconstruction of stage 3)"
     l_kd = kl_div(t_plus.detach(), s_plus) if kd else 0.
     return bsl_loss(s_plus, y, counts, tau) + alpha * (l_kd + alpha_igdm * ramp * igdm_loss(s_plus, s_minus, t_plus, t_minus))
 
@@ -85,11 +85,11 @@ class SelfDistillTrain(AdvTrain):
                  teacher_epochs=30,      # epochs of the teacher's PGD-AT on D_B (paper: 30)
                  teacher_bs=32,          # teacher batch size (paper: 32)
                  teacher_lr=0.1,         # teacher learning rate (paper: 0.1, wd 5e-4)
-                 teacher_sched='constant', # 'constant' or 'one_cycle' [UNCONFIRMED]
+                 teacher_sched='constant', # 'constant' or 'one_cycle' (the paper states only lr 0.1)
                  teacher_dir=None,       # where a trained teacher is saved; default learn.path/learn.model_dir
                  gamma=None,             # D_B per-class size gamma * n_min; default IR/2
-                 alpha_kd=1.0,           # distillation weight alpha of the paper [UNCONFIRMED] (`alpha` is the PGD step)
-                 alpha_igdm=20.0,        # IGDM weight inside the distillation term (IGDM mirror: 20)
+                 alpha_kd=1.0,           # distillation weight alpha of the paper, no default given (`alpha` is the PGD step)
+                 alpha_igdm=20.0,        # IGDM weight inside the distillation term (third-party IGDM code: 20)
                  igdm_epochs=None,       # E of the ramp (e+1)/E; default the epochs of this fit
                  kd=True,                # include KL(T(x') || S(x'))
                  tau=1.0,                # balanced-softmax tau

@@ -1,6 +1,7 @@
 "Properties of every attack and method, and the bad-input errors of the attack/learner/evaluation API."
 import math, pytest, torch, torch.nn as nn, torch.nn.functional as F
 from ltat.attacks import pgd, fgsm, mim, autoattack, cw_loss
+import ltat.all   # registers every method of every chapter
 from ltat.learner import adv_learner, METHODS
 from ltat.evaluate import robust_report
 from ltat.models import create_model, list_models
@@ -108,8 +109,9 @@ def test_every_method_trains(dls, method):
     learn.loss_func = learn.loss_func
     cb = [c for c in learn.cbs if type(c).__name__.endswith('Train')]
     if cb:
-        cb = cb[0]; cb.old_lf = learn.loss_func; cb.x_nat = x
+        cb = cb[0]; cb.before_train(); cb.x_nat = x      # the method's per-epoch set-up (e.g. REAT's feature hook)
         xa = cb.craft(x, y); loss = cb.train_loss(learn.model(xa), y)
+        cb.after_train()
     else: loss = F.cross_entropy(learn.model(x), y)
     learn.model.zero_grad(); loss.backward()
     for n, p in learn.model.named_parameters(): assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n

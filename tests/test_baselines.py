@@ -3,7 +3,8 @@ import copy, math, pytest, torch, torch.nn.functional as F
 from fastai.callback.core import Callback, CancelBatchException, CancelStepException, CancelFitException
 from ltat.data import lt_dls
 from ltat.models import create_model
-from ltat.learner import adv_learner, AdvTrain, METHODS, load_methods
+from ltat.learner import adv_learner, AdvTrain, METHODS
+import ltat.all   # registers every method
 from ltat.losses import bsl_loss
 from ltat.baselines import AWPTrain, awp_params, calc_awp, add_into_weights
 
@@ -28,8 +29,7 @@ class GradCheck(Callback):
                            for p in self.learn.model.parameters()))
 
 def test_methods_registered():
-    names = load_methods()
-    for m in ('mart', 'awp', 'at_bsl'): assert m in names
+    for m in ('mart', 'awp', 'at_bsl'): assert m in METHODS
 
 @pytest.mark.parametrize('case', list(CASES))
 def test_method_trains(case, dls):
@@ -98,7 +98,7 @@ def test_awp_step_equals_reference(dls):
     l = adv_learner(one, copy.deepcopy(m0), method='awp', robust_metric=False, steps=2, init='none', opt_func=default_opt(wd), wd_bn_bias=True)
     with l.no_bar(), l.no_logging(): l.fit(1, lr)
     from ltat.attacks import pgd
-    ref = copy.deepcopy(m0); xa = pgd(ref, x, y, steps=2, init='none')
+    ref = copy.deepcopy(m0); xa = pgd(ref, x, y, steps=2, init='none', bn_eval=False)   # AT-AWP crafts in train mode
     proxy = copy.deepcopy(ref)
     v = calc_awp(ref, proxy, torch.optim.SGD(proxy.parameters(), lr=0.01), lambda mm: F.cross_entropy(mm(xa), y))
     add_into_weights(ref, v, gamma); ref.train(); F.cross_entropy(ref(xa), y).backward()
@@ -108,11 +108,46 @@ def test_awp_step_equals_reference(dls):
     for p, q in zip(l.model.parameters(), ref.parameters()): assert torch.allclose(p, q, atol=1e-6)
 
 def test_awp_variants_and_bad_variant():
-    assert (AWPTrain().gamma, AWPTrain().init, AWPTrain().warmup) == (0.01, 'uniform', 0)
+    "The official scripts' values (AT_AWP/train_cifar10.py, trades_AWP/train_trades_cifar.py)"
+    a = AWPTrain()
+    assert (a.gamma, a.init, a.warmup, a.bn_eval, a.awp_lr) == (0.01, 'uniform', 0, False, 0.01)
     t = AWPTrain(variant='trades')
-    assert (t.gamma, t.init, t.warmup) == (0.005, 'normal', 10)
+    assert (t.gamma, t.init, t.warmup, t.bn_eval, t.awp_lr) == (0.005, 'normal', 9, True, 0.1)
+    assert AWPTrain(bn_eval=True).bn_eval is True and AWPTrain(variant='trades', warmup=0).warmup == 0
     with pytest.raises(ValueError, match="'trades'"): AWPTrain(variant='sam')
     with pytest.raises(ValueError, match='gamma'): AWPTrain(gamma=-1.)
+    with pytest.raises(ValueError, match='warmup'): AWPTrain(warmup=-1)
+
+def _attack_modes(dls, method, **kw):
+    "BN mode of every forward pass of the method's attack (passes with frozen weights); buffers and mode checked as restored"
+    l = adv_learner(dls, tiny(), method=method, robust_metric=False, steps=2, **kw)
+    cb, m = method_cb(l), l.model.train()
+    x, y = dls.one_batch(); cb.x_nat = x
+    modes = []
+    h = m.register_forward_pre_hook(lambda mod, inp: modes.append(mod.training) if not any(p.requires_grad for p in mod.parameters()) else None)
+    bufs = [b.clone() for b in m.buffers()]
+    try: cb.craft(x, y)
+    finally: h.remove()
+    assert m.training and all(torch.equal(b, b0) for b, b0 in zip(m.buffers(), bufs))
+    return set(modes)
+
+@pytest.mark.parametrize('method,kw,train_mode', [('awp', {}, True), ('awp', dict(bn_eval=True), False),
+                                                   ('awp', dict(variant='trades'), False), ('mart', {}, False), ('trades', {}, False)])
+def test_attack_bn_mode_as_official(method, kw, train_mode, dls):
+    "AT-AWP's official script crafts in train mode (no model.eval() in its training loop); TRADES-AWP, MART, TRADES in eval mode"
+    assert _attack_modes(dls, method, **kw) == {train_mode}
+
+def test_trades_awp_warmup_as_official(dls):
+    "trades_AWP/train_trades_cifar.py perturbs the weights in epoch e (counted from 1) when e >= --awp-warmup = 10"
+    seen = []
+    class Spy(Callback):
+        order, run_valid = AWPTrain.order + 1, False
+        def before_epoch(self): self.first = True
+        def before_batch(self):
+            if self.first: seen.append(method_cb(self.learn).diff is not None); self.first = False
+    l = adv_learner(dls, tiny(), method='awp', variant='trades', robust_metric=False, steps=1, cbs=Spy())
+    with l.no_bar(), l.no_logging(): l.fit(10, 0.05)
+    assert seen == [e >= 10 for e in range(1, 11)]
 
 def test_at_bsl_loss_is_ce_on_shifted_logits(dls):
     l = adv_learner(dls, tiny(), method='at_bsl', robust_metric=False, steps=1)

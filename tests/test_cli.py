@@ -61,3 +61,43 @@ def test_last_checkpoint_is_complete(tmp_path):
     ck = torch.load(out / 'last.pth', weights_only=True)
     assert ck['epoch'] == ck['n_epoch'] == 1 and {'model', 'opt', 'rng', 'callbacks', 'trackers'} <= set(ck)
     assert not list(out.glob('.last.pth.*.tmp'))          # no temporary file left behind
+
+def _demo_report(acc, n=(300, 300, 300), note=None):
+    "A made-up report in the demo's shape: attack i has accuracy acc[i] in every group, measured on n[i] images"
+    import pandas as pd
+    from ltat.evaluate import RobustReport
+    atts, cols = ['clean', 'pgd20', 'aa_ce_t', 'worst'], ('overall', 'head', 'body', 'tail', 'tail_class')
+    s = pd.DataFrame({k: list(acc) + [min(acc)] for k in cols}, index=atts)
+    s['n_eval'], s['reliable'] = list(n) + [min(n)], True
+    return RobustReport(s, pd.DataFrame({'n': [30] * 10}), [], {}, {'note': note} if note else {})
+
+def test_demo_table_blocks_and_same_images():
+    from ltat.cli import demo_table, SAME_CKPT
+    reps = {('pgd_at', 'last'): _demo_report((.7, .6, .55)), ('pgd_at', 'best'): _demo_report((.7, .6, .55), note=SAME_CKPT),
+            ('reat', 'last'): _demo_report((.8, .7, .65)), ('reat', 'best'): _demo_report((.75, .68, .66))}
+    tab = demo_table(reps)
+    ck = lambda m: list(tab.loc[m].index.get_level_values('ckpt').unique())
+    assert ck('pgd_at') == ['last = selected'] and ck('reat') == ['last', 'selected']      # one block when best is last
+    assert len(tab) == 9 and 'worst' not in tab.index.get_level_values('attack')
+    assert tab.loc[('reat', 'selected', 'aa_ce_t'), 'tail'] == .66 and tab.loc[('reat', 'last', 'aa_ce_t'), 'tail'] == .65
+    with pytest.raises(ValueError, match='different numbers of images'):                     # AA on 200 beside PGD-20 on 10,000
+        demo_table({('pgd_at', 'last'): _demo_report((.7, .6, .55), n=(10_000, 10_000, 200))})
+
+def test_demo_synthetic(tmp_path):
+    "The demo end to end on the synthetic data: same images for every attack, the blocks the cards call for, RoBal's Eq. 11 model"
+    import pandas as pd
+    out = tmp_path / 'demo'
+    r = run('demo', '--data', 'synthetic', '--epochs', '1', '--steps', '1', '--n-eval', '100', '--methods', 'pgd_at,robal',
+            '--width', '8', '--rob-batches', '1', '--out', str(out), '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (out / 'table.md').read_text()
+    assert 'every attack on the same 100 test images: the first 100 of the test set' in md and 'synthetic-LT' in md and 'epochs 1-1' in md
+    assert (out / 'per_class.png').stat().st_size > 0
+    tab = pd.read_csv(out / 'table.csv', index_col=[0, 1, 2])
+    assert set(tab['n']) == {100}
+    for m in ('pgd_at', 'robal'):
+        best = json.loads((out / m / 'card_best.json').read_text())
+        blocks = list(tab.loc[m].index.get_level_values('ckpt').unique())
+        assert blocks == (['last = selected'] if best.get('note') == 'the selected checkpoint is the last one' else ['last', 'selected'])
+        assert set(tab.loc[m].index.get_level_values('attack')) == {'clean', 'pgd20', 'aa_ce_t'}
+    assert json.loads((out / 'robal' / 'card_last.json').read_text())['model'] == 'RobalInference'

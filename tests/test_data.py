@@ -1,5 +1,6 @@
 """Tests of `ltat.data` on tiny files written in each real on-disk format, loaded through `lt_dls`."""
 import gzip, pickle, re, struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,16 +124,32 @@ def test_fashion_mnist_idx(tmp_path):
     assert dls.augment == dict(pad=2, flip=True)
 
 
-def test_fashion_mnist_plain_idx_and_torchvision_layout(tmp_path, monkeypatch):
+def test_fashion_mnist_plain_idx_and_torchvision_layout(tmp_path):
     write_fmnist(tmp_path / 'plain', train_per_class=6, gz=False)
     check_dls(lt_dls('fashion_mnist', ir=1, bs=4, path=tmp_path / 'plain', download=False, device='cpu'), 10, 1, 28, [6] * 10)
-    # torchvision's <root>/FashionMNIST/raw; the system copy is taken out of the search so that this one is found
+    # torchvision's <root>/FashionMNIST/raw, searched after the system copy's place: an explicit path skips the system copy
     write_fmnist(tmp_path / 'tv' / 'FashionMNIST' / 'raw', train_per_class=7)
-    looks = tuple(p for p in dataset_info['fashion_mnist']['looks_in'] if p.startswith('{path}'))
-    monkeypatch.setitem(dataset_info['fashion_mnist'], 'looks_in', looks)
     check_dls(lt_dls('fashion_mnist', ir=1, bs=4, path=tmp_path / 'tv', download=False, device='cpu'), 10, 1, 28, [7] * 10)
+    (tmp_path / 'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='dataset-fashion-mnist'):
-        lt_dls('fashion_mnist', ir=1, path=tmp_path / 'none', download=False)
+        lt_dls('fashion_mnist', ir=1, path=tmp_path / 'empty', download=False)
+
+
+def test_explicit_path_that_does_not_exist(tmp_path):
+    "An explicit `path` is an error naming it when it does not exist, even where a system copy (Debian's Fashion-MNIST) exists"
+    for name in ('fashion_mnist', 'cifar10'):
+        for p in ('/no/such/dir', tmp_path / 'nowhere'):
+            with pytest.raises(FileNotFoundError, match=re.escape(f"path='{p}' does not exist")):
+                lt_dls(name, ir=10, path=p, download=False)
+    # synthetic data reads nothing: a path is irrelevant there
+    assert lt_dls('synthetic', ir=10, path='/no/such/dir', download=False, device='cpu').counts == lt_counts(200, 10, 10)
+
+
+def test_default_path_still_finds_the_system_copy(monkeypatch, tmp_path):
+    if not (Path('/usr/share/datasets/fashion-mnist') / 'train-images-idx3-ubyte.gz').exists():
+        pytest.skip('Fashion-MNIST is not installed system-wide')
+    monkeypatch.setenv('LTAT_DATA', str(tmp_path / 'empty-default'))
+    assert lt_dls('fashion_mnist', ir=10, n_max=100, download=False, device='cpu').counts == lt_counts(100, 10, 10)
 
 
 def test_truncated_idx(tmp_path):
@@ -197,6 +214,25 @@ def test_synthetic_fastai_learner(tmp_path):
     assert preds.shape == (500, 10) and targs.tolist() == dls.test.dataset.y.tolist()
 
 
+def test_subset_seed_is_not_the_run_seed(tmp_path):
+    "The official codes draw the subset with seed 0 whatever the run's seed: `seed` moves only the batches"
+    write_cifar10(tmp_path, per_class_batch=20)                 # 100 images per class
+    full_y = np.tile(np.arange(10), 100)
+    mk = lambda **kw: lt_dls('cifar10', ir=10, bs=8, path=tmp_path, download=False, device='cpu', **kw)
+    runs = [mk(seed=s) for s in (0, 1, 7)]
+    for d in runs:
+        assert (d.train_idx == lt_indices(full_y, d.counts, 0)).all() and (d.subset_seed, d.counts) == (0, lt_counts(100, 10, 10))
+    assert [d.seed for d in runs] == [0, 1, 7]
+    assert not torch.equal(runs[0].one_batch()[1], runs[1].one_batch()[1])   # the shuffling follows `seed`
+    other = mk(seed=0, subset_seed=3)
+    assert other.subset_seed == 3 and (other.train_idx == lt_indices(full_y, other.counts, 3)).all()
+    assert not (other.train_idx == runs[0].train_idx).all()
+    # the hold-out follows the subset seed too
+    h = [lt_dls('synthetic', ir=10, bs=16, n_holdout=5, device='cpu', **kw) for kw in (dict(seed=0), dict(seed=5), dict(subset_seed=5))]
+    assert (h[0].holdout_idx == h[1].holdout_idx).all() and (h[0].train_idx == h[1].train_idx).all()
+    assert not (h[0].holdout_idx == h[2].holdout_idx).all()
+
+
 def test_holdout(tmp_path):
     dls = lt_dls('synthetic', ir=10, bs=16, n_holdout=5, device='cpu')
     assert dls.valid_split == 'holdout' and dls.holdout is dls.valid
@@ -209,7 +245,7 @@ def test_holdout(tmp_path):
 
 
 def test_lt_counts_tables():
-    "methods.md §1.1"
+    "The counts of LDAM-DRW's `get_img_num_per_cls` (kaidic/LDAM-DRW @ 2536330, imbalance_cifar.py), worked out by hand"
     assert lt_counts(5000, 10, 50) == [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]
     assert lt_counts(5000, 10, 100) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert lt_counts(5000, 10, 10) == [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500]
@@ -257,6 +293,14 @@ def test_groups_and_balanced():
     b = balanced_indices(labels, 20, seed=0)
     assert np.bincount(labels[b]).tolist() == [20, 20, 20]
     assert len(set(b[labels[b] == 0])) == 20 and set(np.where(labels == 2)[0]) <= set(b.tolist())
+    # keep_all=False: the small classes are drawn with replacement only; the large ones are down-sampled as before
+    b = balanced_indices(labels, 20, seed=0, keep_all=False)
+    assert np.bincount(labels[b]).tolist() == [20, 20, 20] and len(set(b[labels[b] == 0])) == 20
+    # up-sampling 10 images to 12: keep_all sees every image, 12 draws with replacement see all 10 with probability ~0.006
+    small = np.repeat([0, 1], [40, 10])
+    seen = lambda b: len(set(b[small[b] == 1].tolist()))
+    assert all(seen(balanced_indices(small, 12, seed=s)) == 10 for s in range(20))
+    assert sum(seen(balanced_indices(small, 12, seed=s, keep_all=False)) < 10 for s in range(20)) >= 18
 
 
 def test_augment_and_loader():

@@ -5,6 +5,7 @@ import torch.distributed as dist, torch.multiprocessing as mp
 from fastai.callback.core import Callback
 from ltat.core import dist_sum
 from ltat.data import lt_dls
+import ltat.all   # registers every method of every chapter
 from ltat.learner import adv_learner, AdvTrain, RobustAccuracy
 from ltat.fast import distrib_fit_ctx, DistribTrain
 

@@ -42,7 +42,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     assert sum(l.startswith('epoch') for l in hist) == 1, hist      # the resumed run appends, without a second header
 
 def test_resume_refuses_other_schedule_and_missing_checkpoint(tmp_path):
-    from ltat.cli import run_experiment
+    from ltat.experiment import run_experiment
     with pytest.raises(FileNotFoundError, match='last.pth'):
         run_experiment('synthetic', 10, out=tmp_path / 'none', resume=True, progress=False)
 

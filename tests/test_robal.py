@@ -130,7 +130,7 @@ def test_warns_without_cosine_head(dls):
 def test_robal_row_of_a_table(tmp_path):
     "RoBal's `preset` option and a table row's `preset` metadata share a name: the run completes and its card keeps both"
     import json
-    from ltat.cli import run_experiment
+    from ltat.experiment import run_experiment
     run_experiment('synthetic', 10, method='robal', arch='small_cnn', epochs=1, steps=1, bs=32, out=tmp_path,
                    attacks=('clean', 'pgd20'), rob_batches=1, arch_kw=dict(width=8, head='cosine', scale=1.),
                    data_kw=dict(in_ch=1, img_size=12, n_per_class=40, n_test=8), method_kw=dict(preset='cifar10-n'),

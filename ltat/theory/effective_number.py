@@ -1,4 +1,4 @@
-"""REAT §2.2-4.1: the effective number of samples, its two asymptotic properties, REAT's class-related version and RBL weights, what the extracted text allows of Theorem 1, and the predicted-class distribution of training adversarial examples.
+"""REAT §2.2-4.1: the effective number of samples, its two asymptotic properties, REAT's class-related version and RBL weights, an inferred reading of Theorem 1, and the predicted-class distribution of training adversarial examples.
 
 Docs: https://ltat-dev.github.io/ltat/theory_effective_number.html.md"""
 
