@@ -110,7 +110,8 @@ def test_every_method_trains(dls, method):
     cb = [c for c in learn.cbs if type(c).__name__.endswith('Train')]
     if cb:
         cb = cb[0]; cb.before_train(); cb.x_nat = x      # the method's per-epoch set-up (e.g. REAT's feature hook)
-        xa = cb.craft(x, y); loss = cb.train_loss(learn.model(xa), y)
+        xa = cb.craft(x, y); learn.xb = (xa,)              # as `before_batch` writes it
+        loss = cb.train_loss(learn.model(xa), y)
         cb.after_train()
     else: loss = F.cross_entropy(learn.model(x), y)
     learn.model.zero_grad(); loss.backward()
