@@ -44,12 +44,12 @@ export-check:
 clean-check:
 	$(BIN)/python tools/check_docs.py clean
 
-## the docs site: sidebar complete, every link and #anchor resolves, nbdev.yml current
+## the docs site: sidebar complete, every link and #anchor resolves, nbdev.yml current, nothing cites a document
+## outside the repository, and nbdev's docs processing (what Quarto renders from) runs on every notebook
 docs-check:
-	$(BIN)/python tools/check_docs.py sidebar links nbdev_yml
+	$(BIN)/python tools/check_docs.py sidebar links nbdev_yml citations proc
 
-## nbdev's docs processing (what Quarto renders from); not yet part of `make test`: some chapters still mix imports
-## into test cells, which the processor runs on their own
+## nbdev's docs processing alone (also part of docs-check)
 docs-proc: setup
 	$(BIN)/python tools/check_docs.py proc
 

@@ -12,6 +12,7 @@ from .core import *
 from .data import *
 from .losses import *
 from .attacks import *
+from .robustlt import *
 from .models import *
 from .learner import *
 from .fast import *
@@ -22,6 +23,7 @@ from .at_bsl import *
 from .reat import *
 from .srat import *
 from .self_distill import *
+from .taet import *
 from .evaluate import *
 from .checkpoint import *
 from .presets import *
@@ -31,7 +33,8 @@ from .bench import *
 
 import ltat.core, ltat.data, ltat.losses, ltat.attacks, ltat.models, ltat.learner, ltat.fast, ltat.lt_at, ltat.baselines
 import ltat.robal, ltat.at_bsl, ltat.reat, ltat.srat, ltat.self_distill, ltat.evaluate, ltat.checkpoint, ltat.presets
+import ltat.robustlt, ltat.taet
 import ltat.experiment, ltat.reproduce, ltat.bench
 __all__ = sorted({n for m in (ltat.core, ltat.data, ltat.losses, ltat.attacks, ltat.models, ltat.learner, ltat.fast, ltat.lt_at,
-                              ltat.baselines, ltat.robal, ltat.at_bsl, ltat.reat, ltat.srat, ltat.self_distill, ltat.evaluate,
+                              ltat.baselines, ltat.robal, ltat.at_bsl, ltat.reat, ltat.srat, ltat.self_distill, ltat.taet, ltat.robustlt, ltat.evaluate,
                               ltat.checkpoint, ltat.presets, ltat.experiment, ltat.reproduce, ltat.bench) for n in m.__all__})

@@ -50,7 +50,7 @@ def _attack_loss(loss):
 INITS = ('uniform', 'normal', 'onesided', 'none')
 
 def _init(x, eps, init):
-    if init == 'uniform': d = torch.empty_like(x).uniform_(-eps, eps)
+    if init == 'uniform': d = torch.empty_like(x).uniform_(-eps, eps) if not torch.is_tensor(eps) else (2 * torch.rand_like(x) - 1) * eps
     elif init == 'normal': d = 0.001 * torch.randn_like(x)
     elif init == 'onesided': d = eps * torch.rand_like(x)
     else: return x.clone()
@@ -61,14 +61,28 @@ def _autocast(x, dtype):
     dev = x.device.type if x.device.type in ('cuda', 'cpu', 'xpu', 'mps') else 'cpu'
     return torch.autocast(dev, dtype=dtype) if dtype not in (None, torch.float32) else torch.autocast(dev, enabled=False)
 
+def _budget(v, x, name, validate):
+    "A float in (0, 1], or a per-sample tensor (one value per sample, or any shape broadcastable to `x`) with values in [0, 1]"
+    if not torch.is_tensor(v): return check_eps(v, name)
+    v = v.detach().to(device=x.device, dtype=torch.float32)
+    if v.dim() == 1 and v.numel() == len(x) and x.dim() > 1: v = v.view(-1, *[1] * (x.dim() - 1))
+    try: torch.broadcast_shapes(v.shape, x.shape)
+    except RuntimeError: raise ValueError(f"{name} of shape {tuple(v.shape)} does not broadcast to the batch {tuple(x.shape)}") from None
+    if validate and not bool(((v >= 0) & (v <= 1)).all()):     # 0 is allowed per sample: that sample stays clean
+        raise ValueError(f"{name} has values outside [0, 1] (min {v.min().item():.4g}, max {v.max().item():.4g})")
+    return v
+
 def _check_attack_args(x, eps, alpha, steps, init, validate):
-    check_eps(eps); check_eps(alpha, 'alpha'); check_steps(steps); check_choice(init, INITS, 'init')
+    "Check the arguments; returns `eps` and `alpha` as floats or as per-sample tensors broadcastable to `x`"
+    eps, alpha = _budget(eps, x, 'eps', validate), _budget(alpha, x, 'alpha', validate)
+    check_steps(steps); check_choice(init, INITS, 'init')
     if validate: check_range(x)
+    return eps, alpha
 
 # %% ../nbs/03_attacks.ipynb #a15ae16e
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-        eps=8/255,          # L-inf budget, in (0, 1]
-        alpha=2/255,        # step size
+        eps=8/255,          # L-inf budget, in (0, 1]; or a per-sample tensor (e.g. class-wise budgets `eps_c[y]`)
+        alpha=2/255,        # step size; a float or a per-sample tensor
         steps=10,           # number of gradient steps (>= 1)
         loss='ce',          # 'ce', 'cw' (kappa 50) or a callable (logits, y) -> scalar to maximise
         init='uniform',     # 'uniform', 'normal' (0.001 N), 'onesided' (RoBal), 'none'
@@ -78,7 +92,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         dtype=None,         # None: float32; torch.bfloat16 for fast training attacks
         validate=True):     # check that x lies in [0, 1] (one host sync)
     "L-inf PGD: signed gradient ascent on `loss`, projected onto the eps-ball and [0, 1]"
-    _check_attack_args(x, eps, alpha, steps, init, validate); check_steps(restarts, 'restarts')
+    eps, alpha = _check_attack_args(x, eps, alpha, steps, init, validate); check_steps(restarts, 'restarts')
     lf = _attack_loss(loss)
     x, y = to_plain(x).detach(), to_plain(y)
     best = None
@@ -107,7 +121,7 @@ def fgsm(model, x, y, eps=8/255, loss='ce', init='none', **kwargs):
 def mim(model, x, y, eps=8/255, alpha=2/255, steps=20, decay=1.0, loss='ce', init='uniform', logit_scale=1.0,
         bn_eval=True, dtype=None, validate=True):
     "Momentum iterative L-inf attack (gradient normalised by its per-sample mean |g|)"
-    _check_attack_args(x, eps, alpha, steps, init, validate)
+    eps, alpha = _check_attack_args(x, eps, alpha, steps, init, validate)
     lf = _attack_loss(loss)
     x, y = to_plain(x).detach(), to_plain(y)
     with attack_mode(model, bn_eval):

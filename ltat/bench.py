@@ -23,22 +23,16 @@ __all__ = ['SPEC_BF16', 'ROWS', 'forward_flops', 'pgd_train_flops', 'spec_peak',
            'raw_loop', 'learner_loop', 'evaluate_robust', 'run_bench', 'bench_extra', 'format_table', 'bench']
 
 # %% ../nbs/09a_bench.ipynb #d73045f9
+from torch.utils.flop_counter import FlopCounterMode
+
 def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
-    "Forward FLOPs per image of `model` on a batch shaped like `x` (2 x MACs of Conv2d and Linear layers)"
-    tot, hs = [0.], []
-    def conv(m, i, o): tot[0] += 2 * o.numel() / o.shape[0] * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-    def lin(m, i, o): tot[0] += 2 * o.numel() / o.shape[0] * m.in_features
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d): hs.append(m.register_forward_hook(conv))
-        elif isinstance(m, nn.Linear): hs.append(m.register_forward_hook(lin))
+    "Forward FLOPs per image of `model` (in eval mode) on one image shaped like `x[0]`, counted by `FlopCounterMode`"
     was = model.training
     try:
         model.eval()
-        with torch.no_grad(): model(x[:1])
-    finally:
-        model.train(was)
-        for h in hs: h.remove()
-    return tot[0]
+        with torch.no_grad(), FlopCounterMode(display=False) as fc: model(x[:1])
+    finally: model.train(was)
+    return float(fc.get_total_flops())
 
 def pgd_train_flops(fwd: float, steps: int) -> float:
     "FLOPs per image of one PGD-`steps` training step: steps x (fwd + input bwd) + fwd + full bwd = (2 steps + 3) fwd"
@@ -282,7 +276,7 @@ def format_table(df, meta) -> str:
     return '\n'.join([f"ltat bench: {meta['arch']} (width {meta['width'] or 'default'}), {meta['n_train']} synthetic "
                       f"{meta['n_classes']}-class images (IR {meta['ir']}), PGD-{meta['steps']}, {meta['epochs']} epochs, last timed",
                       f"device: {meta['device']}; torch {meta['torch']}",
-                      f"FLOPs: {meta['fwd_gflop_per_img']:.4g} GFLOP forward/img (analytic conv+linear), "
+                      f"FLOPs: {meta['fwd_gflop_per_img']:.4g} GFLOP forward/img (torch.utils.flop_counter), "
                       f"x{2 * meta['steps'] + 3} per PGD-{meta['steps']} training step = {meta['step_gflop_per_img']:.4g} GFLOP/img", s,
                       f"fast path active in (d): {meta['fast_path_active']}"] +
                      (["no GPU here: the GPU rows (fraction of bf16 peak, targets) are not measured; run `ltat bench` on a GPU"] if cpu else []))

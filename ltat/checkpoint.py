@@ -165,6 +165,7 @@ class FiniteLossCallback(Callback):
 
 # %% ../nbs/08_checkpoint.ipynb #740b60b3
 from fastai.learner import SkipToEpoch
+from fastai.callback.progress import ProgressCallback
 
 class _Resume(Callback):
     "Restore a checkpoint's callback and random states at the first epoch not yet done"
@@ -174,7 +175,10 @@ class _Resume(Callback):
     def before_epoch(self):
         if self.epoch < self.start:
             if self.runs is None:
-                self.runs = {cb: cb.run for cb in self.learn.cbs if cb is not self and not isinstance(cb, SkipToEpoch)}
+                # the progress bar keeps running: its `before_epoch` (order 60, before `SkipToEpoch` cancels) moves the
+                # epoch bar over the finished epochs; switched off, the bar would first see the resumed epoch (no start time)
+                self.runs = {cb: cb.run for cb in self.learn.cbs
+                             if cb is not self and not isinstance(cb, (SkipToEpoch, ProgressCallback))}
                 for cb in self.runs: cb.run = False
             self.learn._resume_skipping = True
             return

@@ -53,13 +53,16 @@ def train(data:str='synthetic',      # cifar10, cifar100, fashion_mnist, svhn, t
           select_from:int=1,         # ... among the (1-based) epochs from this one on
           fast:store_true=False,     # the bf16 fast path (opt-in; float32 otherwise, as every official code)
           resume:store_true=False,   # continue the run saved in --out/last.pth (same arguments), exactly
+          sync_bn:store_true=False,  # under torchrun: BatchNorm -> SyncBatchNorm (statistics of the global batch; GPUs)
           quiet:store_true=False):   # no progress bars
     "Adversarially train on long-tailed data; write checkpoints and result cards to --out"
     run_experiment(data, ir, profile, method, arch, epochs, lr, bs, parse_eps(eps), parse_eps(alpha), steps, seed, out, path,
                    download, _list(attacks), aa_n or None, n_holdout, rob_batches, progress=not quiet,
                    arch_kw=None if width is None else dict(width=width), resume=resume, subset_seed=subset_seed,
                    eval_eps=parse_eps(eval_eps), fast=fast,
-                   select=dict(steps=select_steps, first_epoch=select_from) if select_steps else 'last')
+                   select=dict(steps=select_steps, first_epoch=select_from) if select_steps else 'last', sync_bn=sync_bn)
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()   # started by torchrun
 
 # %% ../nbs/07_cli.ipynb #28a2217c
 @call_parse
@@ -205,7 +208,7 @@ def demo(out:str='runs/demo',        # output folder
          attacks:str=','.join(DEMO_ATTACKS),  # evaluation attacks ('aa': the full standard AutoAttack)
          n_eval:int=300,             # every attack on the first n test images (0: the whole test set)
          width:int=16,               # small_cnn width (16: ~4x cheaper than the default 32 on a CPU)
-         rob_batches:int=8,          # checkpoint selection by PGD-10 on the first n test batches
+         rob_batches:int=0,          # 0: report the last checkpoint; n: also select one by PGD-10 on the first n test batches
          seed:int=0,                 # seed
          path:str=None,              # data folder (default: the usual places, e.g. /usr/share/datasets/fashion-mnist)
          quiet:store_true=False):    # no progress bars
@@ -218,9 +221,11 @@ def demo(out:str='runs/demo',        # output folder
         print(f"== {k}: {epochs} epochs of PGD-{steps} adversarial training on {data}-LT IR={ir:g}", flush=True)
         akw = dict(width=width, **st.get('arch_kw', {}))
         r = run_experiment(data, ir, 'exp', k, 'small_cnn', epochs, lr, bs, 8/255, 2.5 * (8/255) / steps, steps, seed, out / k, path,
-                           False, _list(attacks), None, 0, rob_batches, eval_bs=n_eval or 500, max_batches=1 if n_eval else None,
+                           False, _list(attacks), None, 0, rob_batches or None, eval_bs=n_eval or 500, max_batches=1 if n_eval else None,
                            arch_kw=akw, method_kw=st.get('method_kw'), eval_model=st.get('eval_model'), progress=not quiet, verbose=False,
-                           meta=dict(class_names=names, arch_kw=akw, rob_images=rob_batches * bs, n_test=dataset_info[dataset_name(data)]['n_test']))
+                           select=dict(steps=10, first_epoch=1) if rob_batches else 'last',
+                           meta=dict(class_names=names, arch_kw=akw, n_test=dataset_info[dataset_name(data)]['n_test'],
+                                     **(dict(rob_images=rob_batches * bs) if rob_batches else {})))
         for ck, rep in r.items(): reps[(k, ck)] = rep
         print(f"   {k}: {time.time() - t1:.0f} s (training {r['last'].meta['train_time_s']:.0f} s)", flush=True)
     tab, head = demo_table(reps), demo_protocol(reps)

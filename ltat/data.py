@@ -1,4 +1,4 @@
-"""Long-tailed subsets exactly as the research code draws them, head/body/tail groups, readers of the real on-disk formats, and `lt_dls`: fastai `DataLoaders` that keep the data on the device and augment whole batches.
+"""Long-tailed subsets exactly as the research code draws them, head/body/tail groups, readers of the real on-disk formats, and `lt_dls`: fastai `DataLoaders` that keep the data on the device and augment whole batches; class counts and balanced re-samples of any fastai `DataLoaders`; ImageNet-LT read lazily from its lists and Tiny-ImageNet-LT as RobustLT builds it.
 
 Docs: https://ltat-dev.github.io/ltat/data.html.md"""
 
@@ -14,14 +14,16 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from fastcore.foundation import L
 from fastai.torch_core import default_device, TensorImage, TensorImageBW, TensorCategory
-from fastai.data.core import DataLoaders
+from fastai.data.core import DataLoaders, Datasets
 from fastai.losses import CrossEntropyLossFlat
 
 # %% auto #0
 __all__ = ['PROFILES', 'dataset_info', 'IDX_IMAGES', 'IDX_LABELS', 'lt_counts', 'lt_indices', 'class_groups', 'tail_classes',
            'balanced_indices', 'CorruptFileError', 'data_path', 'read_cifar', 'read_idx', 'read_fashion_mnist',
            'read_svhn', 'read_tiny_imagenet', 'synthetic_data', 'dataset_name', 'load_dataset', 'batch_augment',
-           'TensorDS', 'TensorDL', 'holdout_split', 'LTDataLoaders', 'lt_dls']
+           'TensorDS', 'TensorDL', 'holdout_split', 'LTDataLoaders', 'lt_dls', 'dataset_labels', 'train_counts',
+           'dataset_subset', 'subset_dl', 'read_lt_list', 'ImageListDS', 'imagenet_tfms', 'imagenet_lt_dls',
+           'robustlt_split', 'tiny_imagenet_lt_dls', 'read_imagenet64', 'imagenet64_lt_dls']
 
 # %% ../nbs/01_data.ipynb #591b9ae1
 PROFILES = ('exp', 'step')
@@ -163,29 +165,41 @@ def _missing(name, looked, path, what):
                              f"To get it: {dataset_info[name]['get'].format(path=path)}")
 
 # %% ../nbs/01_data.ipynb #1edd86aa
+def _tv_unverified(cls):
+    "torchvision dataset class `cls` with no md5 to compare: its `check_integrity(f, None)` then only checks that each file exists"
+    attrs = {k: [[f, None] for f, _ in getattr(cls, k)] for k in ('train_list', 'test_list') if hasattr(cls, k)}
+    if hasattr(cls, 'meta'): attrs['meta'] = {**cls.meta, 'md5': None}
+    if hasattr(cls, 'split_list'): attrs['split_list'] = {k: [u, f, None] for k, (u, f, _) in cls.split_list.items()}
+    return type(cls.__name__, (cls,), attrs)
+
+def _md5_failures(d, pairs) -> list:
+    "Names of the files in folder `d` whose md5 is not the official one"
+    from torchvision.datasets.utils import check_integrity
+    return [f for f, m in pairs if not check_integrity(str(Path(d)/f), m)]
+
 def read_cifar(path, # folder holding `cifar-10-batches-py` / `cifar-100-python` (or that folder itself)
                n_classes:int=10, # 10 or 100
                train:bool=True,
+               verify:bool=True, # torchvision's md5 check of every file; False only for files that are not the official ones
               ) -> tuple:
-    "Read CIFAR-10/100 python pickle batches -> uint8 images (N,32,32,3), int64 labels"
+    "Read CIFAR-10/100 with torchvision's `CIFAR10`/`CIFAR100` -> uint8 images (N,32,32,3), int64 labels"
     if n_classes not in (10, 100): raise ValueError(f"n_classes={n_classes}: CIFAR has 10 or 100 classes")
-    name = f'cifar{n_classes}'
-    if n_classes == 10: files, key = ([f'data_batch_{i}' for i in range(1, 6)] if train else ['test_batch']), b'labels'
-    else:               files, key = ['train' if train else 'test'], b'fine_labels'
+    import torchvision.datasets as tvd
+    name, cls = f'cifar{n_classes}', (tvd.CIFAR10 if n_classes == 10 else tvd.CIFAR100)
+    pairs = [tuple(p) for p in cls.train_list + cls.test_list] + [(cls.meta['filename'], cls.meta['md5'])]
     looked = _places(name, path)
-    d = next((p for p in looked if all((p/f).is_file() for f in files)), None)
-    if d is None: raise _missing(name, looked, path, ', '.join(files))
-    xs, ys = [], []
-    for f in files:
-        try:
-            with open(d/f, 'rb') as fh: e = pickle.load(fh, encoding='bytes')
-            x = np.asarray(e[b'data'], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            y = np.asarray(e[key], dtype=np.int64).reshape(-1)
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
-            raise CorruptFileError(f"{d/f}: not a readable CIFAR batch (need b'data' (N,3072) and {key!r}): {err!r}") from err
-        if len(x) != len(y): raise CorruptFileError(f"{d/f}: {len(x)} images but {len(y)} labels")
-        xs.append(x); ys.append(y)
-    return np.ascontiguousarray(np.concatenate(xs).transpose(0, 2, 3, 1)), np.concatenate(ys)
+    d = next((p for p in looked if all((p/f).is_file() for f, _ in pairs)), None)
+    if d is None: raise _missing(name, looked, path, ', '.join(f for f, _ in pairs))
+    here = type(cls.__name__, (cls if verify else _tv_unverified(cls),), {'base_folder': d.name})   # torchvision reads root/base_folder
+    try: ds = here(str(d.parent), train=train, download=False)
+    except RuntimeError as e:
+        raise CorruptFileError(f"{name}: {', '.join(_md5_failures(d, pairs)) or 'a file'} in {d} failed torchvision's md5 check (truncated, "
+                               f"altered or not the official files). To get them: {dataset_info[name]['get'].format(path=path)}") from e
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as e:
+        raise CorruptFileError(f"{name}: the batches in {d} are not readable CIFAR pickles (need 'data' (N,3072) and labels): {e!r}") from e
+    x, y = np.ascontiguousarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
+    if len(x) != len(y): raise CorruptFileError(f"{d}: {len(x)} images but {len(y)} labels")
+    return x, y
 
 # %% ../nbs/01_data.ipynb #a78334fa
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
@@ -230,19 +244,26 @@ def read_fashion_mnist(path=None, # folder with the four IDX files (or `fashion-
     raise _missing('fashion_mnist', looked, path, ' and '.join(f'{n}[.gz]' for n in names))
 
 # %% ../nbs/01_data.ipynb #4ec7c8ec
-def read_svhn(path, train:bool=True) -> tuple:
-    "Read SVHN `{train,test}_32x32.mat` -> uint8 images (N,32,32,3), int64 labels (10 -> 0)"
-    fname, looked = f"{'train' if train else 'test'}_32x32.mat", _places('svhn', path)
-    f = next((d/fname for d in looked if (d/fname).is_file()), None)
-    if f is None: raise _missing('svhn', looked, path, fname)
-    try: from scipy.io import loadmat
+def read_svhn(path, train:bool=True,
+              verify:bool=True, # torchvision's md5 check of the file; False only for files that are not the official ones
+             ) -> tuple:
+    "Read SVHN `{train,test}_32x32.mat` with torchvision's `SVHN` -> uint8 images (N,32,32,3), int64 labels (digit 0 is 0)"
+    import torchvision.datasets as tvd
+    split = 'train' if train else 'test'
+    fname, md5, looked = *tvd.SVHN.split_list[split][1:], _places('svhn', path)
+    d = next((p for p in looked if (p/fname).is_file()), None)
+    if d is None: raise _missing('svhn', looked, path, fname)
+    try: import scipy.io  # noqa: F401
     except ImportError as e: raise ImportError("reading SVHN's .mat files needs scipy: `pip install scipy`") from e
-    try: m = loadmat(str(f)); X, y = m['X'], m['y']
-    except (KeyError, ValueError, TypeError, OSError) as e: raise CorruptFileError(f"{f}: not a readable SVHN file ({e!r})") from e
-    if X.ndim != 4 or X.shape[:3] != (32, 32, 3) or y.size != X.shape[3]:
-        raise CorruptFileError(f"{f}: X has shape {X.shape} and y {y.shape}; expected (32,32,3,N) and (N,1)")
-    y = y.reshape(-1).astype(np.int64)
-    return np.ascontiguousarray(X.transpose(3, 0, 1, 2)).astype(np.uint8), np.where(y == 10, 0, y)
+    try: ds = (tvd.SVHN if verify else _tv_unverified(tvd.SVHN))(str(d), split=split, download=False)
+    except RuntimeError as e:
+        raise CorruptFileError(f"svhn: {d/fname} failed torchvision's md5 check (truncated, altered or not the official file). "
+                               f"To get it: {dataset_info['svhn']['get'].format(path=path)}") from e
+    except (KeyError, ValueError, TypeError, OSError) as e: raise CorruptFileError(f"{d/fname}: not a readable SVHN file ({e!r})") from e
+    X, y = ds.data, np.asarray(ds.labels, dtype=np.int64).reshape(-1)
+    if X.ndim != 4 or X.shape[1:] != (3, 32, 32) or len(y) != len(X):
+        raise CorruptFileError(f"{d/fname}: images of shape {X.shape} and {y.shape} labels; expected X (32,32,3,N) and y (N,1) in the file")
+    return np.ascontiguousarray(X.transpose(0, 2, 3, 1)).astype(np.uint8), y
 
 # %% ../nbs/01_data.ipynb #a409c537
 _IMG_EXT = ('.jpeg', '.jpg', '.png', '.bmp', '.webp')
@@ -258,12 +279,15 @@ def _load_images(files, size):
             out[i] = np.asarray(im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR))
     return out
 
-def read_tiny_imagenet(path, train:bool=True, img_size:int=64) -> tuple:
+def read_tiny_imagenet(path, train:bool=True, img_size:int=64,
+                       n_classes:int|None=None, # keep only the first n classes (sorted wnid order), as RobustLT's Tiny-ImageNet-LT
+                      ) -> tuple:
     "Read Tiny-ImageNet (or a generic train/val image folder) with PIL -> uint8 images (N,64,64,3), int64 labels"
     looked = _places('tiny_imagenet', path)
     root = next((d for d in looked if (d/'train').is_dir() and (d/'val').is_dir()), None)
     if root is None: raise _missing('tiny_imagenet', looked, path, "train/ and val/ folders")
-    classes = sorted(d.name for d in (root/'train').iterdir() if d.is_dir())
+    every = sorted(d.name for d in (root/'train').iterdir() if d.is_dir())
+    classes = every if n_classes is None else every[:int(n_classes)]
     cls_idx, files, labels = {c: i for i, c in enumerate(classes)}, [], []
     if train:
         for c in classes:
@@ -273,12 +297,14 @@ def read_tiny_imagenet(path, train:bool=True, img_size:int=64) -> tuple:
         for line in (root/'val'/'val_annotations.txt').read_text().splitlines():
             if not line.strip(): continue
             parts = line.split('\t')
-            if len(parts) < 2 or parts[1] not in cls_idx:
+            if len(parts) < 2 or parts[1] not in every:
                 raise CorruptFileError(f"{root/'val'/'val_annotations.txt'}: bad line {line!r} (need file<TAB>wnid of a train class)")
+            if parts[1] not in cls_idx: continue
             files.append(root/'val'/'images'/parts[0]); labels.append(cls_idx[parts[1]])
     else:
         for c in sorted(d.name for d in (root/'val').iterdir() if d.is_dir()):
-            if c not in cls_idx: raise CorruptFileError(f"{root/'val'/c}: class {c!r} has no training folder")
+            if c not in every: raise CorruptFileError(f"{root/'val'/c}: class {c!r} has no training folder")
+            if c not in cls_idx: continue
             fs = _img_files(root/'val'/c); files += fs; labels += [cls_idx[c]] * len(fs)
     if not files: raise _missing('tiny_imagenet', [root/('train' if train else 'val')], path, "any image")
     return _load_images(files, img_size), np.asarray(labels, np.int64)
@@ -593,6 +619,7 @@ def _class_names(name, path, C) -> list:
     if name == 'tiny_imagenet':
         root = next((d for d in _places(name, data_path(path)) if (d/'train').is_dir()), None)
         names = sorted(d.name for d in (root/'train').iterdir() if d.is_dir()) if root is not None else None
+    if name == 'tiny_imagenet' and names is not None: names = names[:C]     # `n_classes=`: the first C classes
     return list(names) if names is not None and len(names) == C else [str(i) for i in range(C)]
 
 # %% ../nbs/01_data.ipynb #d5e6f7a0
@@ -660,3 +687,241 @@ def lt_dls(dataset:str, # one of `dataset_info`: 'cifar10','cifar100','fashion_m
                      valid_split='holdout' if n_holdout else 'test', train_idx=train_idx, holdout_idx=hold).items():
         setattr(dls, k, v)
     return dls
+
+# %% ../nbs/01_data.ipynb #e69454c4
+def _int_labels(ys, what:str) -> np.ndarray:
+    "A sequence of class labels (ints, 0-d tensors, a 1-d integer array) -> int64 numpy"
+    if torch.is_tensor(ys) or isinstance(ys, np.ndarray):
+        a = ys.detach().cpu().numpy() if torch.is_tensor(ys) else ys
+        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{what}: labels of shape {a.shape} and dtype {a.dtype}; class counts need one integer class per item")
+        return a.astype(np.int64)
+    try: return np.fromiter((int(t) for t in ys), np.int64, len(ys))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{what}: class counts need one integer class label per item ({e})") from None
+
+def dataset_labels(ds) -> np.ndarray:
+    "Integer class labels of a labelled dataset (ltat's, fastai's, torchvision's or any `(x, y)` dataset), images left unread where possible"
+    if isinstance(ds, TensorDS):
+        if ds.y is None: raise ValueError("an unlabelled TensorDS has no class labels")
+        return _int_labels(ds.y, 'TensorDS')
+    if isinstance(ds, torch.utils.data.Subset): return dataset_labels(ds.dataset)[np.asarray(ds.indices, dtype=np.int64)]
+    if isinstance(ds, Datasets):
+        if len(ds.tls) <= ds.n_inp: raise ValueError(f"a fastai Datasets with {len(ds.tls)} pipeline(s) and n_inp={ds.n_inp} holds no labels")
+        tl = ds.tls[ds.n_inp]                          # the first target pipeline: labels from the items, no image opened
+        return _int_labels([tl[i] for i in range(len(tl))], 'fastai Datasets')
+    for k in ('targets', 'labels'):                    # torchvision: CIFAR, MNIST, ImageFolder (`targets`); SVHN (`labels`)
+        v = getattr(ds, k, None)
+        if v is not None and not callable(v) and len(v) == len(ds): return _int_labels(v, f'{type(ds).__name__}.{k}')
+    try: ys = [ds[i][1] for i in range(len(ds))]      # any indexable (x, y) dataset: every item is read
+    except (IndexError, KeyError, TypeError) as e: raise ValueError(f"{type(ds).__name__}: its items are not (x, y) pairs, so it has no class labels ({e!r})") from None
+    return _int_labels(ys, type(ds).__name__)
+
+# %% ../nbs/01_data.ipynb #6bfb2444
+def _dls_classes(dls, y) -> int:
+    "Number of classes of `dls`: `n_classes`, `c`, the length of `vocab`, else the largest label + 1"
+    for k in ('n_classes', 'c'):
+        v = getattr(dls, k, None)
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0: return int(v)
+    v = getattr(dls, 'vocab', None)
+    if v is not None and not callable(v) and len(v): return len(v)
+    return int(y.max()) + 1 if len(y) else 0
+
+def train_counts(dls) -> list:
+    "Training images per class: `dls.counts` when set (`lt_dls`), else counted from the labels of the training set"
+    n = getattr(dls, 'counts', None)
+    if n is not None: return [int(c) for c in n]
+    y = dataset_labels(dls.train.dataset)
+    C = _dls_classes(dls, y)
+    if len(y) and (y.min() < 0 or y.max() >= C): raise ValueError(f"training labels {int(y.min())}..{int(y.max())} lie outside the {C} classes of the DataLoaders")
+    n = np.bincount(y, minlength=C).tolist()
+    if min(n, default=0) < 1:
+        raise ValueError(f"class {n.index(min(n, default=0)) if n else 0} has no training image (counts {n}); every class needs "
+                         "at least one, or pass counts=[n_0, ..., n_C-1] to the method")
+    return n
+
+# %% ../nbs/01_data.ipynb #1601c659
+def dataset_subset(ds, idxs):
+    "Rows `idxs` of a dataset (repeats allowed): a `TensorDS`, a fastai `Datasets` with its pipelines and split, else a `torch.utils.data.Subset`"
+    idxs = _np_labels(idxs)
+    if isinstance(ds, TensorDS):
+        i = torch.as_tensor(idxs, device=ds.x.device)
+        return TensorDS(ds.x[i], None if ds.y is None else ds.y[i], ds.vocab)
+    if isinstance(ds, Datasets):
+        return type(ds)(tls=L(tl._new(L(tl.items, use_list=None)[idxs.tolist()], split_idx=tl.split_idx) for tl in ds.tls), n_inp=ds.n_inp)
+    return torch.utils.data.Subset(ds, idxs.tolist())
+
+def subset_dl(dl, # a training loader: `TensorDL` or any fastai `DataLoader`
+              idxs, # rows of `dl.dataset`, repeats allowed
+              **kwargs, # loader settings to change: `bs`, `shuffle`, `drop_last` (and `seed` for a `TensorDL`)
+             ):
+    "A loader like `dl` (same transforms and augmentation) over rows `idxs` of its dataset"
+    return dl.new(dataset_subset(dl.dataset, idxs), **kwargs)
+
+# %% ../nbs/01_data.ipynb #75dcfcdb
+def read_lt_list(fname, # an ImageNet-LT list: one `relative/path.JPEG label` per line
+                 root=None, # folder the paths are relative to; default the list's folder
+                ) -> tuple:
+    "Read an ImageNet-LT list (OLTR's `ImageNet_LT_*.txt`) -> (image paths, int64 labels)"
+    fname = Path(fname); root = Path(root) if root is not None else fname.parent
+    files, labels = [], []
+    for k, line in enumerate(fname.read_text().splitlines(), 1):
+        if not line.strip(): continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise CorruptFileError(f"{fname}, line {k}: {line!r} is not 'relative/path.JPEG label'")
+        files.append(Path(str(root) + parts[0]) if parts[0].startswith('/') else root/parts[0])   # OLTR's `LT_Dataset` rule
+        labels.append(int(parts[1]))
+    if not files: raise CorruptFileError(f"{fname}: the list is empty")
+    return files, np.asarray(labels, np.int64)
+
+class ImageListDS(torch.utils.data.Dataset):
+    "Labelled image files read on access (PIL, RGB) through a torchvision transform; labels in `targets`"
+    def __init__(self, files, targets, tfm=None, vocab=None):
+        if len(files) != len(targets): raise ValueError(f"{len(files)} files but {len(targets)} labels")
+        self.files, self.targets, self.tfm, self.vocab = list(files), _np_labels(targets), tfm, vocab
+    def __len__(self): return len(self.files)
+    def __getitem__(self, i):
+        from PIL import Image
+        with Image.open(self.files[i]) as im: im = im.convert('RGB')
+        x = self.tfm(im) if self.tfm is not None else torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy()).float().div_(255)
+        return x, int(self.targets[i])
+    def new_empty(self):
+        "No files, same transform and class names (what `learn.export` keeps of a split)"
+        return ImageListDS([], self.targets[:0], self.tfm, self.vocab)
+    def __repr__(self): return f"ImageListDS(n={len(self)}, classes={len(np.unique(self.targets))})"
+
+def imagenet_tfms(size:int=224, train:bool=True, jitter:float=0.4):
+    "OLTR's ImageNet-LT transforms without `Normalize`: RandomResizedCrop, flip, ColorJitter / Resize(size*256/224), CenterCrop"
+    import torchvision.transforms as T
+    if train: return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ColorJitter(jitter, jitter, jitter, 0), T.ToTensor()])
+    return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor()])
+
+# %% ../nbs/01_data.ipynb #43bdb79b
+_IMAGENET_LT_GET = ("the lists ImageNet_LT_train.txt, ImageNet_LT_val.txt, ImageNet_LT_test.txt of "
+                    "https://github.com/zhmiao/OpenLongTailRecognition-OLTR (data/ImageNet_LT, linked from its README) into {lists}, "
+                    "and ImageNet ILSVRC-2012 (https://image-net.org) in {path} as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+
+def imagenet_lt_dls(path=None, # the ImageNet folder the lists' paths are relative to; default `$LTAT_DATA/imagenet` or `~/.ltat/data/imagenet`
+                    lists=None, # folder of `ImageNet_LT_{train,val,test}.txt`; default `path`, then `path/ImageNet_LT`
+                    bs:int=128, # batch size (training batches are full: drop_last)
+                    size:int=224, # image size of the batches (official: 224)
+                    valid:str='test', # validate on 'test' (ImageNet_LT_test.txt) or 'val' (ImageNet_LT_val.txt)
+                    num_workers:int=8, # worker processes reading images
+                    device=None, # default: fastai's `default_device()`
+                   ) -> LTDataLoaders:
+    "fastai `DataLoaders` of ImageNet-LT from OLTR's lists, images read lazily with the official transforms (no `Normalize`)"
+    from fastai.data.load import DataLoader
+    if valid not in ('test', 'val'): raise ValueError(f"valid={valid!r}; choose 'test' or 'val'")
+    root = Path(path).expanduser() if path is not None else data_path()/'imagenet'
+    looked = [Path(lists).expanduser()] if lists is not None else [root, root/'ImageNet_LT']
+    need = ['ImageNet_LT_train.txt', 'ImageNet_LT_test.txt'] + (['ImageNet_LT_val.txt'] if valid == 'val' else [])
+    d = next((p for p in looked if all((p/n).is_file() for n in need)), None)
+    if d is None:
+        where = '\n'.join(f'  - {p}' for p in looked)
+        raise FileNotFoundError(f"imagenet_lt: could not find {', '.join(need)}. Looked in:\n{where}\n"
+                                f"To get it: {_IMAGENET_LT_GET.format(lists=looked[0], path=root)}")
+    splits = {s: read_lt_list(d/f'ImageNet_LT_{s}.txt', root) for s in ('train', valid, 'test')}
+    for s, (files, _) in splits.items():
+        gone = [f for f in files if not f.is_file()]
+        if gone: raise FileNotFoundError(f"imagenet_lt: {len(gone)} of the {len(files)} images of ImageNet_LT_{s}.txt are missing under {root}, "
+                                         f"e.g. {gone[0]}.\nTo get them: {_IMAGENET_LT_GET.format(lists=d, path=root)}")
+    ftr, ytr = splits['train']
+    C = int(ytr.max()) + 1
+    counts = np.bincount(ytr, minlength=C).tolist()
+    if min(counts) < 1: raise CorruptFileError(f"{d/'ImageNet_LT_train.txt'}: class {counts.index(min(counts))} has no training image")
+    names = {}
+    for f, y in zip(ftr, ytr): names.setdefault(int(y), f.parent.name)   # the class folder (WordNet id) of its images
+    vocab = [names[c] for c in range(C)]
+    mk = lambda s, train: DataLoader(ImageListDS(*splits[s], imagenet_tfms(size, train), vocab), bs=bs, shuffle=train, drop_last=train,
+                                     num_workers=num_workers)
+    train, test = mk('train', True), mk('test', False)
+    val = test if valid == 'test' else mk('val', False)
+    dls = LTDataLoaders(train, val, test, device=default_device() if device is None else torch.device(device))
+    for k, v in dict(counts=counts, n_classes=C, c=C, dataset_name='imagenet_lt', in_ch=3, img_size=size, n_max=max(counts),
+                     ir=max(counts) / min(counts), profile='list', test=test, holdout=None if valid == 'test' else val,
+                     valid_split=valid, vocab=vocab).items():
+        setattr(dls, k, v)
+    return dls
+
+# %% ../nbs/01_data.ipynb #de118488
+def robustlt_split(labels, # training labels of the base set, classes 0..C-1
+                   counts, # images per class to take, class 0 first
+                   seed:int=102, # seed of the one `np.random.default_rng` (RobustLT: 102, 103, 104)
+                   val_frac:float=0.2, # RobustLT's VALIDATION_FRACTION: the last int(val_frac*n_c) of each class
+                  ) -> tuple:
+    "(train, val) indices of RobustLT's long-tailed subset: per class a shuffle by one seeded `default_rng`, first `counts[c]` taken (all, if fewer)"
+    labels, rng = _np_labels(labels), np.random.default_rng(seed)
+    train, val = [], []
+    for c, n in enumerate(int(n) for n in counts):
+        idx = np.arange(len(labels))[labels == c]
+        rng.shuffle(idx)
+        k = n - int(n * val_frac)
+        train.append(idx[:k]); val.append(idx[k:n])
+    return np.concatenate(train), np.concatenate(val)
+
+def _robustlt_dls(name, vocab, xtr, ytr, xte, yte, ir, C, seed, validation, bs, device, augment, train_seed) -> LTDataLoaders:
+    "LTDataLoaders of RobustLT's subset of (xtr, ytr), classes 0..C-1, and the test split (xte, yte)"
+    _check_ir(ir)
+    img_max = len(ytr) / C                                           # RobustLT: original_len / num_classes
+    counts = [int(img_max * (1 / ir) ** (i / (C - 1))) for i in range(C)]
+    train_idx, val_idx = robustlt_split(ytr, counts, seed)
+    if not validation: train_idx, val_idx = np.concatenate([train_idx, val_idx]), val_idx[:0]
+    n = np.bincount(ytr[train_idx], minlength=C).tolist()
+    if not 1 <= bs <= len(train_idx): raise ValueError(f"bs={bs} but the training set has {len(train_idx)} images")
+    aug = dict(pad=4, flip=True) if augment else dict(pad=0, flip=False)
+    mk = lambda x, y, **kw: TensorDL(TensorDS(_to_tensor(x), torch.from_numpy(y), vocab), bs=bs, seed=train_seed, **kw)
+    train, test = mk(xtr[train_idx], ytr[train_idx], shuffle=True, drop_last=True, **aug), mk(xte, yte)
+    val = mk(xtr[val_idx], ytr[val_idx]) if validation else None
+    dls = LTDataLoaders(train, test if val is None else val, test, device=default_device() if device is None else torch.device(device))
+    for k, v in dict(counts=n, n_classes=C, c=C, dataset_name=name, in_ch=3, img_size=xtr.shape[1], n_max=n[0], ir=ir, profile='exp',
+                     augment=aug, seed=train_seed, subset_seed=seed, test=test, holdout=val, valid_split='holdout' if validation else 'test',
+                     train_idx=train_idx, holdout_idx=val_idx).items():
+        setattr(dls, k, v)
+    return dls
+
+def tiny_imagenet_lt_dls(path=None, # Tiny-ImageNet folder, as for `lt_dls('tiny_imagenet')`
+                         ir:float=10, # imbalance ratio (RobustLT: 10)
+                         n_classes:int=20, # the first C classes in sorted-wnid order (RobustLT: 20)
+                         seed:int=102, # seed of the subset (RobustLT: 102, 103, 104)
+                         validation:bool=False, # RobustLT's --validation: the last 20% of each class's draw validates instead of training
+                         bs:int=128, # batch size (training batches are full: drop_last)
+                         device=None, # default: fastai's `default_device()`
+                         augment:bool=True, # RobustLT's 'base' augmentation: RandomCrop(64, padding=4) + flip
+                         train_seed:int=0, # seed of the shuffling and the augmentation
+                        ) -> LTDataLoaders:
+    "Tiny-ImageNet-LT as RobustLT builds it: first `n_classes` classes, exp profile, RobustLT's seeded draw; test = their val images"
+    xtr, ytr = read_tiny_imagenet(path, True, n_classes=n_classes)
+    xte, yte = read_tiny_imagenet(path, False, n_classes=n_classes)
+    return _robustlt_dls('tiny_imagenet_lt', _class_names('tiny_imagenet', path, int(n_classes)), xtr, ytr, xte, yte, ir, int(n_classes),
+                         seed, validation, bs, device, augment, train_seed)
+
+def read_imagenet64(path, # folder of Downsampled ImageNet 64x64: `train_data_batch_{1..10}.npz`, `val_data.npz`
+                    train:bool=True,
+                    n_classes:int|None=None, # keep labels 1..n only (RobustLT: 20), read batch by batch
+                   ) -> tuple:
+    "Read Downsampled ImageNet 64x64 npz batches -> uint8 images (N,64,64,3), int64 labels 0..C-1 (file labels are 1-based)"
+    p = Path(path).expanduser() if path is not None else data_path()/'imagenet64'
+    files = [f'train_data_batch_{i}.npz' for i in range(1, 11)] if train else ['val_data.npz']
+    if not all((p/f).is_file() for f in files):
+        raise FileNotFoundError(f"imagenet64: could not find {', '.join(f for f in files if not (p/f).is_file())} in {p}. To get it: "
+                                "the npz version of Downsampled ImageNet 64x64 (Chrabaszcz, Loshchilov & Hutter 2017, https://image-net.org/download-images) into that folder")
+    xs, ys = [], []
+    for f in files:
+        try:
+            with np.load(p/f) as e: y = np.asarray(e['labels'], np.int64).reshape(-1); keep = y <= n_classes if n_classes else slice(None); x = e['data'][keep]
+        except (KeyError, ValueError, OSError, zlib.error) as err: raise CorruptFileError(f"{p/f}: not a readable ImageNet64 batch (need 'data' (N,12288), 'labels'): {err!r}") from err
+        if x.ndim != 2 or x.shape[1] != 3 * 64 * 64: raise CorruptFileError(f"{p/f}: data of shape {x.shape}, expected (N, 12288)")
+        xs.append(x.reshape(-1, 3, 64, 64).transpose(0, 2, 3, 1)); ys.append(y[keep] - 1)
+    return np.ascontiguousarray(np.concatenate(xs), dtype=np.uint8), np.concatenate(ys)
+
+def imagenet64_lt_dls(path=None, # folder of the ImageNet64 npz batches
+                      ir:float=50, # imbalance ratio (RobustLT's imagenet split files: 50)
+                      n_classes:int=20, # labels 1..C of the files (RobustLT: 20)
+                      seed:int=102, validation:bool=False, bs:int=128, device=None, augment:bool=True, train_seed:int=0,
+                     ) -> LTDataLoaders:
+    "RobustLT's ImageNet-LT: the first `n_classes` classes of Downsampled ImageNet 64x64, exp profile, RobustLT's seeded draw; test = val_data"
+    xtr, ytr = read_imagenet64(path, True, n_classes)
+    xte, yte = read_imagenet64(path, False, n_classes)
+    return _robustlt_dls('imagenet64_lt', [str(i) for i in range(int(n_classes))], xtr, ytr, xte, yte, ir, int(n_classes),
+                         seed, validation, bs, device, augment, train_seed)

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
 import matplotlib.pyplot as plt
+from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from .core import eps_str, check_eps, check_choice, to_plain
 from .attacks import pgd, fgsm, mim, autoattack, _aa_backend
 from .data import class_groups, tail_classes
 
 # %% auto #0
-__all__ = ['FIXED_ATTACKS', 'DOCS', 'parse_attack', 'RobustReport', 'robust_report']
+__all__ = ['FIXED_ATTACKS', 'DOCS', 'RB_FIELDS', 'parse_attack', 'RobustReport', 'robust_report']
 
 # %% ../nbs/06_evaluate.ipynb #5fadb0e0
 _PAT = re.compile(r'^(pgd|cw|mim)(\d+)?(_x(\d+(?:\.\d+)?))?$')
@@ -57,7 +58,7 @@ def _attack_settings(name, eps, alpha, aa_n):
 # %% ../nbs/06_evaluate.ipynb #3d9655bd
 @dataclass
 class RobustReport:
-    "Result of `robust_report`: `.summary`, `.per_class`, `.warnings`, `.to_json(path)`, `.plot()`"
+    "Result of `robust_report`: `.summary`, `.per_class`, `.warnings`; `.card()`, `.to_json(path)`, `.plot()`, `.to_robustbench(path)`"
     summary: pd.DataFrame
     per_class: pd.DataFrame
     warnings: list
@@ -69,32 +70,6 @@ class RobustReport:
         w = '\n'.join(f'WARNING: {s}' for s in self.warnings)
         return f"{self.summary.round(4).to_string()}\n{w}".strip()
 
-    def card(self) -> dict:
-        "The result card: protocol, numbers, warnings and versions, as a JSON-able dict"
-        return {'protocol': self.protocol, **self.meta, 'warnings': self.warnings,
-                'summary': json.loads(self.summary.to_json(orient='index')),
-                'per_class': json.loads(self.per_class.to_json(orient='index')),
-                **({'on_aa_subset': self.on_aa_subset} if self.on_aa_subset else {})}
-
-    def to_json(self, path):
-        "Write the result card to `path` (parents created)"
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.card(), indent=2, default=str))
-        return path
-
-    def plot(self, attacks=None, path=None, title=None):
-        "Per-class clean and robust accuracy (bars), classes in frequency order"
-        attacks = attacks or [a for a in self.per_class.columns if a != 'n']
-        pc = self.per_class
-        fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(pc) + 2), 3.2))
-        w = 0.8 / len(attacks)
-        for i, a in enumerate(attacks): ax.bar(np.arange(len(pc)) + i * w - 0.4 + w / 2, pc[a], w, label=a)
-        ax.set_xticks(np.arange(len(pc)), pc.index, rotation=90 if len(pc) > 20 else 0)
-        ax.set_xlabel('class (most frequent first)' if 'counts' in self.meta else 'class'); ax.set_ylabel('accuracy'); ax.set_ylim(0, 1)
-        ax.legend(fontsize=8, ncols=min(len(attacks), 4)); ax.set_title(title or f"per-class accuracy, eps={self.protocol['eps']}")
-        fig.tight_layout()
-        if path: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=120)
-        return fig
 
 # %% ../nbs/06_evaluate.ipynb #963ec80f
 def _groups(n_classes, counts):
@@ -124,7 +99,96 @@ def _versions():
     except ImportError: pass
     return v
 
-# %% ../nbs/06_evaluate.ipynb #0c5c4229
+# %% ../nbs/06_evaluate.ipynb #af4e9df1
+def _check_args(dl, attacks, eps, alpha, aa_n, max_batches, checks, check_n):
+    "Check `robust_report`'s arguments before any attack runs -> (attack settings by name, alpha, checks level)"
+    check_eps(eps); alpha = eps / 4 if alpha is None else check_eps(alpha, 'alpha')
+    specs = {a: parse_attack(a) for a in attacks}
+    checks = {True: 'cheap', False: None, None: None}.get(checks, checks) if not isinstance(checks, str) else checks
+    if checks is not None: check_choice(checks, ('cheap', 'full'), 'checks')
+    if aa_n is not None and aa_n < 1: raise ValueError(f"aa_n={aa_n!r} must be >= 1 (or None for the whole set)")
+    if checks == 'full' and (not isinstance(check_n, int) or check_n < 1): raise ValueError(f"check_n={check_n!r} must be an integer >= 1")
+    n_set = _n_items(dl) if max_batches is None else None
+    for k, v in (('aa_n', aa_n), ('check_n', check_n if checks == 'full' else None)):
+        if v is not None and n_set is not None and v > n_set:
+            raise ValueError(f"{k}={v} but the evaluation set has only {n_set} images; use {k} <= {n_set} (or None)")
+    return specs, alpha, checks
+
+# %% ../nbs/06_evaluate.ipynb #a96a9799
+def _attack_stream(model, dl, specs, eps, alpha, n_classes, aa_n, max_batches, seed, progress, checks, check_n):
+    """Every attack of `specs` on each batch of `dl`, AutoAttack on the class-balanced subset of `aa_n` images -> dict of the
+    per-attack correct flags, the labels, the AutoAttack mask, the class count, and the full checks' warnings and values"""
+    dev = next(model.parameters()).device
+    torch.manual_seed(seed)
+    rows = {a: [] for a in specs}; ys = []; aa_mask = []
+    quota = None; cx, cy, fw, check_vals = [], [], [], {}
+    it = progress_bar(dl, leave=False) if progress else dl
+    for i, (x, y) in enumerate(it):
+        if max_batches is not None and i >= max_batches: break
+        x, y = to_plain(x).to(dev).float(), to_plain(y).to(dev).long()
+        if i == 0:
+            from ltat.core import check_range
+            check_range(x, name='evaluation inputs')
+            if n_classes is None:
+                with torch.no_grad(): n_classes = model(x[:1]).shape[1]
+            if aa_n is not None: quota = np.full(n_classes, max(1, aa_n // n_classes))
+        if y.max() >= n_classes or y.min() < 0:
+            raise ValueError(f"labels must lie in [0, {n_classes - 1}], found {int(y.min())}..{int(y.max())}")
+        sel = torch.ones_like(y, dtype=torch.bool)
+        if quota is not None:
+            yc = y.cpu().numpy(); s = np.zeros(len(yc), bool)
+            for j, c in enumerate(yc):
+                if quota[c] > 0: s[j], quota[c] = True, quota[c] - 1
+            sel = torch.as_tensor(s, device=dev)
+        for a, s in specs.items():
+            if s['attack'].startswith('aa'):
+                ok = torch.zeros_like(y, dtype=torch.bool)
+                if sel.any():
+                    xa = autoattack(model, x[sel], y[sel], eps=eps, n_classes=n_classes, seed=seed, validate=False,
+                                    attacks=['apgd-ce', 'apgd-t'] if a == 'aa_ce_t' else None)
+                    with torch.no_grad(): ok[sel] = model(xa).argmax(1) == y[sel]
+            else:
+                xa = _run_attack(s, model, x, y, eps, alpha)
+                with torch.no_grad(): ok = model(xa).argmax(1) == y
+            rows[a].append(ok.cpu())
+        ys.append(y.cpu()); aa_mask.append(sel.cpu())
+        if checks == 'full' and sum(len(t) for t in cx) < check_n: cx.append(x); cy.append(y)
+    n_seen = sum(len(t) for t in ys)
+    for k, v in (('aa_n', aa_n), ('check_n', check_n if checks == 'full' else None)):
+        if v is not None and v > n_seen: raise ValueError(f"{k}={v} but only {n_seen} images were evaluated; use {k} <= {n_seen}")
+    if checks == 'full':
+        fw, check_vals = _full_checks(model, torch.cat(cx)[:check_n], torch.cat(cy)[:check_n], specs, eps, alpha, seed)
+    return dict(correct={a: torch.cat(v).numpy() for a, v in rows.items()}, y=torch.cat(ys).numpy(), sel=torch.cat(aa_mask).numpy(),
+                n_classes=n_classes, warnings=fw, check_vals=check_vals)
+
+# %% ../nbs/06_evaluate.ipynb #1deb4350
+def _tables(correct, y, sel, specs, n_classes, counts):
+    """Per-class and summary tables from the correct flags -> (per_class, summary, groups, accuracy of each attack on
+    AutoAttack's subset when AutoAttack ran on one)"""
+    attacks = list(specs)
+    has_aa = any(s['attack'].startswith('aa') for s in specs.values())
+    seen = {a: (sel if specs[a]['attack'].startswith('aa') else np.ones_like(sel)) for a in attacks}
+    common = sel if has_aa else np.ones_like(sel)
+    correct = {**correct, 'worst': np.logical_and.reduce([correct[a] for a in attacks])}; seen['worst'] = common
+
+    def _pc(a):
+        return np.array([correct[a][(y == c) & seen[a]].mean() if ((y == c) & seen[a]).any() else np.nan for c in range(n_classes)])
+    per_class = pd.DataFrame({a: _pc(a) for a in attacks + ['worst']}, index=pd.RangeIndex(n_classes, name='class'))
+    per_class.insert(0, 'n', [int(((y == c)).sum()) for c in range(n_classes)])
+    g = _groups(n_classes, counts)
+    summ = {a: {'overall': np.nanmean(per_class[a]), **{k: np.nanmean(per_class[a].iloc[v]) for k, v in g.items()}}
+            for a in attacks + ['worst']}
+    summary = pd.DataFrame(summ).T
+    summary['n_eval'] = [int(seen[a].sum()) for a in summary.index]
+    order = list(np.argsort(-np.asarray(counts), kind='stable')) if counts is not None else list(range(n_classes))
+    per_class = per_class.loc[order]
+    summary['reliable'] = True
+    # the same images for every attack: PGD against AutoAttack compared on AutoAttack's subset (class-balanced mean)
+    sub = {a: float(np.nanmean([correct[a][(y == c) & sel].mean() for c in range(n_classes) if ((y == c) & sel).any()]))
+           for a in attacks if not specs[a]['attack'].startswith('aa')} if has_aa and not sel.all() else {}
+    return per_class, summary, g, sub
+
+# %% ../nbs/06_evaluate.ipynb #89f2ebc5
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
 
 def robust_report(model: nn.Module, dl,
@@ -141,89 +205,21 @@ def robust_report(model: nn.Module, dl,
                   check_n=200,       # images (the first of the stream) the costly checks attack
                   meta=None):        # extra entries for the result card (model name, method, epoch...)
     "Clean and robust accuracy of `model` on `dl`, per class and per head/body/tail group"
-    check_eps(eps); alpha = eps / 4 if alpha is None else check_eps(alpha, 'alpha')
-    specs = {a: parse_attack(a) for a in attacks}
-    checks = {True: 'cheap', False: None, None: None}.get(checks, checks) if not isinstance(checks, str) else checks
-    if checks is not None: check_choice(checks, ('cheap', 'full'), 'checks')
-    if aa_n is not None and aa_n < 1: raise ValueError(f"aa_n={aa_n!r} must be >= 1 (or None for the whole set)")
-    if checks == 'full' and (not isinstance(check_n, int) or check_n < 1): raise ValueError(f"check_n={check_n!r} must be an integer >= 1")
-    n_set = _n_items(dl) if max_batches is None else None
-    for k, v in (('aa_n', aa_n), ('check_n', check_n if checks == 'full' else None)):
-        if v is not None and n_set is not None and v > n_set:
-            raise ValueError(f"{k}={v} but the evaluation set has only {n_set} images; use {k} <= {n_set} (or None)")
-    dev = next(model.parameters()).device
+    specs, alpha, checks = _check_args(dl, attacks, eps, alpha, aa_n, max_batches, checks, check_n)
     modes = [m.training for m in model.modules()]
     was_training = any(m.training for m in model.modules() if isinstance(m, _MODE_DEPENDENT))   # BN/dropout behave differently
     model.eval()
     warns = []
     if was_training and checks: warns.append(f"model was in training mode: evaluated in eval mode; call model.eval() before deployment (BN/dropout) (see {DOCS}#training-mode)")
-    torch.manual_seed(seed)
-    rows = {a: [] for a in attacks}; ys = []; aa_mask = []
     if n_classes is None and counts is not None: n_classes = len(counts)
-    quota = None; cx, cy, fw, check_vals = [], [], [], {}
     t0 = time.time()
-    try:
-        it = progress_bar(dl, leave=False) if progress else dl
-        for i, (x, y) in enumerate(it):
-            if max_batches is not None and i >= max_batches: break
-            x, y = to_plain(x).to(dev).float(), to_plain(y).to(dev).long()
-            if i == 0:
-                from ltat.core import check_range
-                check_range(x, name='evaluation inputs')
-                if n_classes is None:
-                    with torch.no_grad(): n_classes = model(x[:1]).shape[1]
-                if aa_n is not None: quota = np.full(n_classes, max(1, aa_n // n_classes))
-            if y.max() >= n_classes or y.min() < 0:
-                raise ValueError(f"labels must lie in [0, {n_classes - 1}], found {int(y.min())}..{int(y.max())}")
-            sel = torch.ones_like(y, dtype=torch.bool)
-            if quota is not None:
-                yc = y.cpu().numpy(); s = np.zeros(len(yc), bool)
-                for j, c in enumerate(yc):
-                    if quota[c] > 0: s[j], quota[c] = True, quota[c] - 1
-                sel = torch.as_tensor(s, device=dev)
-            for a, s in specs.items():
-                if s['attack'].startswith('aa'):
-                    ok = torch.zeros_like(y, dtype=torch.bool)
-                    if sel.any():
-                        xa = autoattack(model, x[sel], y[sel], eps=eps, n_classes=n_classes, seed=seed, validate=False,
-                                        attacks=['apgd-ce', 'apgd-t'] if a == 'aa_ce_t' else None)
-                        with torch.no_grad(): ok[sel] = model(xa).argmax(1) == y[sel]
-                else:
-                    xa = _run_attack(s, model, x, y, eps, alpha)
-                    with torch.no_grad(): ok = model(xa).argmax(1) == y
-                rows[a].append(ok.cpu())
-            ys.append(y.cpu()); aa_mask.append(sel.cpu())
-            if checks == 'full' and sum(len(t) for t in cx) < check_n: cx.append(x); cy.append(y)
-        n_seen = sum(len(t) for t in ys)
-        for k, v in (('aa_n', aa_n), ('check_n', check_n if checks == 'full' else None)):
-            if v is not None and v > n_seen: raise ValueError(f"{k}={v} but only {n_seen} images were evaluated; use {k} <= {n_seen}")
-        if checks == 'full':
-            fw, check_vals = _full_checks(model, torch.cat(cx)[:check_n], torch.cat(cy)[:check_n], specs, eps, alpha, seed)
+    try: r = _attack_stream(model, dl, specs, eps, alpha, n_classes, aa_n, max_batches, seed, progress, checks, check_n)
     finally:
         for m, t in zip(model.modules(), modes): m.training = t
-    y = torch.cat(ys).numpy(); sel = torch.cat(aa_mask).numpy()
+    y, sel, n_classes = r['y'], r['sel'], r['n_classes']
+    per_class, summary, g, sub = _tables(r['correct'], y, sel, specs, n_classes, counts)
     has_aa = any(s['attack'].startswith('aa') for s in specs.values())
-    correct = {a: torch.cat(v).numpy() for a, v in rows.items()}
-    seen = {a: (sel if specs[a]['attack'].startswith('aa') else np.ones_like(sel)) for a in attacks}
-    common = sel if has_aa else np.ones_like(sel)
-    correct['worst'] = np.logical_and.reduce([correct[a] for a in attacks]); seen['worst'] = common
-
-    def _pc(a):
-        return np.array([correct[a][(y == c) & seen[a]].mean() if ((y == c) & seen[a]).any() else np.nan for c in range(n_classes)])
-    per_class = pd.DataFrame({a: _pc(a) for a in list(attacks) + ['worst']}, index=pd.RangeIndex(n_classes, name='class'))
-    per_class.insert(0, 'n', [int(((y == c)).sum()) for c in range(n_classes)])
-    g = _groups(n_classes, counts)
-    summ = {a: {'overall': np.nanmean(per_class[a]), **{k: np.nanmean(per_class[a].iloc[v]) for k, v in g.items()}}
-            for a in list(attacks) + ['worst']}
-    summary = pd.DataFrame(summ).T
-    summary['n_eval'] = [int(seen[a].sum()) for a in summary.index]
-    order = list(np.argsort(-np.asarray(counts), kind='stable')) if counts is not None else list(range(n_classes))
-    per_class = per_class.loc[order]
-    summary['reliable'] = True
-    # the same images for every attack: PGD against AutoAttack compared on AutoAttack's subset (class-balanced mean)
-    sub = {a: float(np.nanmean([correct[a][(y == c) & sel].mean() for c in range(n_classes) if ((y == c) & sel).any()]))
-           for a in attacks if not specs[a]['attack'].startswith('aa')} if has_aa and not sel.all() else {}
-    if checks: warns += _cheap_checks(summary, specs, sub) + fw
+    if checks: warns += _cheap_checks(summary, specs, sub) + r['warnings']
     for w in warns:                  # a warning '[a,b] ...' marks rows a and b unreliable
         if m := re.match(r'\[([\w,.]+)\]', w):
             for a in m[1].split(','):
@@ -232,11 +228,96 @@ def robust_report(model: nn.Module, dl,
                 'attacks': {a: _attack_settings(a, eps, alpha, int(sel.sum())) for a in attacks},
                 'groups': {k: v for k, v in g.items()}, 'n_eval': int(len(y)),
                 'worst_case_over': 'samples seen by every attack' + (' (the AutoAttack subset)' if has_aa and not sel.all() else '')}
-    if checks: protocol['checks'] = {'level': checks, **({'n': int(min(check_n, len(y))), 'values': check_vals} if checks == 'full' else {})}
+    if checks: protocol['checks'] = {'level': checks, **({'n': int(min(check_n, len(y))), 'values': r['check_vals']} if checks == 'full' else {})}
     m = {'versions': _versions(), 'model': type(model).__name__, 'n_classes': n_classes, 'time_s': round(time.time() - t0, 2)}
     if counts is not None: m['counts'] = [int(c) for c in counts]
     m.update(meta or {})
     return RobustReport(summary, per_class, warns, protocol, m, sub)
+
+# %% ../nbs/06_evaluate.ipynb #27d6eae6
+@patch
+def card(self: RobustReport) -> dict:
+    "The result card: protocol, numbers, warnings and versions, as a JSON-able dict"
+    return {'protocol': self.protocol, **self.meta, 'warnings': self.warnings,
+            'summary': json.loads(self.summary.to_json(orient='index')),
+            'per_class': json.loads(self.per_class.to_json(orient='index')),
+            **({'on_aa_subset': self.on_aa_subset} if self.on_aa_subset else {})}
+
+# %% ../nbs/06_evaluate.ipynb #8bee31c3
+@patch
+def to_json(self: RobustReport, path):
+    "Write the result card to `path` (parents created)"
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(self.card(), indent=2, default=str))
+    return path
+
+# %% ../nbs/06_evaluate.ipynb #9bf024cc
+@patch
+def plot(self: RobustReport, attacks=None, path=None, title=None):
+    "Per-class clean and robust accuracy (bars), classes in frequency order"
+    attacks = attacks or [a for a in self.per_class.columns if a != 'n']
+    pc = self.per_class
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(pc) + 2), 3.2))
+    w = 0.8 / len(attacks)
+    for i, a in enumerate(attacks): ax.bar(np.arange(len(pc)) + i * w - 0.4 + w / 2, pc[a], w, label=a)
+    ax.set_xticks(np.arange(len(pc)), pc.index, rotation=90 if len(pc) > 20 else 0)
+    ax.set_xlabel('class (most frequent first)' if 'counts' in self.meta else 'class'); ax.set_ylabel('accuracy'); ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, ncols=min(len(attacks), 4)); ax.set_title(title or f"per-class accuracy, eps={self.protocol['eps']}")
+    fig.tight_layout()
+    if path: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=120)
+    return fig
+
+# %% ../nbs/06_evaluate.ipynb #081a125f
+RB_FIELDS = ('link', 'name', 'authors', 'additional_data', 'number_forward_passes', 'dataset', 'venue', 'architecture', 'eps',
+             'clean_acc', 'reported', 'autoattack_acc', 'footnote', 'unreliable')
+
+def _plain_acc(pc, a):
+    "Plain accuracy (images, not classes, weighted equally) from the per-class table, classes the attack did not see left out"
+    ok = pc[a].notna()
+    return float((pc.loc[ok, a] * pc.loc[ok, 'n']).sum() / pc.loc[ok, 'n'].sum())
+
+@patch
+def to_robustbench(self: RobustReport,
+                   path=None,                  # a `.json` file, or a folder: `path/<dataset>/<threat_model>/<model_name>.json`
+                   model_name=None,            # the file name in a folder `path` (RobustBench: `<Name><Year><FirstWordOfTheTitle>`)
+                   name=None, link=None, authors=None, venue=None,   # the paper: title, URL, authors, venue (left out when None)
+                   architecture=None,          # default: the card's `arch`, else the model's class name
+                   dataset=None,               # RobustBench's name of the test set ('cifar10', 'cifar100'); default: the card's
+                   additional_data=False,      # trained with data beyond the training set
+                   number_forward_passes=1,    # forward passes per prediction
+                   reported=None,              # the paper's robust accuracy in percent; default: this AutoAttack accuracy
+                   footnote=None,              # default: the long-tailed training set, when the card records `ir`
+                   subset_ok=False) -> dict:   # accept AutoAttack on a subset (RobustBench evaluates every test image)
+    "RobustBench's model-info record of this report (accuracies in percent as strings, `eps` as '8/255'); written to `path` when given"
+    if 'aa' not in self.summary.index:
+        raise ValueError(f"to_robustbench needs the 'aa' row (standard AutoAttack); this report has {list(self.summary.index)}")
+    if 'clean' not in self.summary.index: raise ValueError("to_robustbench needs the 'clean' row")
+    n_aa, n = int(self.summary.loc['aa', 'n_eval']), int(self.protocol['n_eval'])
+    if n_aa < n and not subset_ok:
+        raise ValueError(f"AutoAttack ran on {n_aa} of {n} images (aa_n); RobustBench reports it on the whole test set: "
+                         "evaluate with aa_n=None, or pass subset_ok=True (the footnote then says so)")
+    aa = _plain_acc(self.per_class, 'aa') if n_aa == n else float(self.summary.loc['aa', 'overall'])
+    arch = architecture or self.meta.get('arch') or self.meta.get('model')
+    dataset = dataset or self.meta.get('dataset')
+    if footnote is None:
+        notes = []
+        if 'ir' in self.meta: notes.append(f"Trained on a long-tailed {dataset} training set (imbalance ratio {self.meta['ir']}); evaluated on the balanced test set.")
+        if n_aa < n: notes.append(f"AutoAttack on a class-balanced subset of {n_aa} of the {n} test images.")
+        footnote = ' '.join(notes) or None
+    rec = dict(link=link, name=name, authors=authors, additional_data=bool(additional_data),
+               number_forward_passes=int(number_forward_passes), dataset=dataset, venue=venue, architecture=arch,
+               eps=self.protocol['eps'], clean_acc=f"{100 * _plain_acc(self.per_class, 'clean'):.2f}",
+               reported=f"{100 * aa:.2f}" if reported is None else str(reported), autoattack_acc=f"{100 * aa:.2f}",
+               footnote=footnote, unreliable=not bool(self.summary.loc['aa', 'reliable']))
+    rec = {k: rec[k] for k in RB_FIELDS if rec[k] is not None}
+    if path is not None:
+        path = Path(path)
+        if path.suffix != '.json':
+            if not (model_name and dataset): raise ValueError("a folder `path` needs `model_name` and a `dataset`")
+            path = path / dataset / self.protocol['threat_model'] / f'{model_name}.json'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec, indent=2) + '\n')
+    return rec
 
 # %% ../nbs/06_evaluate.ipynb #6f77a45a
 def _cheap_checks(summary, specs, sub=None, tol=0.05):

@@ -12,11 +12,11 @@ import torch
 from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.progress import CSVLogger
 from fastai.torch_core import set_seed
-from .core import eps_str, check_eps, check_steps
+from .core import eps_str, check_eps, check_steps, is_main_process
 from .data import lt_dls
 from .models import create_model
 from .learner import adv_learner, default_opt, check_registered, METHODS, AdvTrain
-from .fast import FastPath
+from .fast import FastPath, init_distrib, distrib_fit_ctx
 import ltat.baselines, ltat.lt_at, ltat.robal, ltat.at_bsl, ltat.reat, ltat.srat, ltat.self_distill   # register every method
 from .presets import schedule_cbs
 from .evaluate import robust_report
@@ -71,33 +71,36 @@ class History(CSVLogger):
 def train_run(data='synthetic', ir=100., profile='exp', method='pgd_at', arch=None, epochs=10, lr=0.1, bs=128,
               eps=8/255, alpha=2/255, steps=10, seed=0, subset_seed=0, out='runs/train', path=None, download=True,
               n_holdout=0, rob_batches=None, arch_kw=None, data_kw=None, method_kw=None, progress=True, resume=False,
-              schedule='one_cycle', wd=5e-4, select=None, fast=False):
+              schedule='one_cycle', wd=5e-4, select=None, fast=False, sync_bn=False):
     "Seed, build data/model/learner, fit; returns `(learn, dls, info)` with `last.pth` and `best.pth` in `out`"
     check_registered(method, METHODS, 'method')
     out = Path(out)
     if resume and not (out / 'last.pth').is_file():
         raise FileNotFoundError(f"resume: no checkpoint {str(out / 'last.pth')!r} to resume from (run without --resume first)")
     rob_steps, rob_start, sel = selection(select if select is not None else dict(steps=10, first_epoch=1), epochs)
+    init_distrib()                               # under torchrun: the process group, this process's GPU
+    main = is_main_process()                     # rank 0 (or the only process) writes the files
     set_seed(seed, reproducible=True)
     dls = lt_dls(data, ir, profile=profile, bs=bs, path=path, download=download, seed=seed, subset_seed=subset_seed,
                  n_holdout=n_holdout, **(data_kw or {}))
     arch = arch or default_arch(dls.dataset_name)
-    model = create_model(arch, dls.n_classes, in_ch=dls.in_ch, **(arch_kw or {}))
+    model = create_model(arch, dls.n_classes, in_ch=dls.in_ch, counts=dls.counts, **(arch_kw or {}))
     out.mkdir(parents=True, exist_ok=True)       # only once the inputs are known to be good
-    cbs = [History(fname='history.csv', append=resume), CheckpointCallback('last.pth'), FiniteLossCallback()]
+    cbs = ([History(fname='history.csv', append=resume), CheckpointCallback('last.pth')] if main else []) + [FiniteLossCallback()]
     if rob_steps: cbs.insert(0, SaveModelCallback(monitor='rob_acc', fname='best', with_opt=False))
     learn = adv_learner(dls, model, method=method, eps=eps, alpha=alpha, steps=steps, rob_batches=rob_batches,
                         robust_metric=bool(rob_steps), rob_steps=rob_steps or 10, rob_start=rob_start or 1, fast=fast,
                         path=out, model_dir='.', cbs=cbs, opt_func=default_opt(wd), **(method_kw or {}))
     if not progress and hasattr(learn, 'progress'): learn.remove_cb(learn.progress)
     t0 = time.time()
-    if schedule in (None, 'one_cycle'):
-        if resume: resume_fit(learn, out / 'last.pth', lr, n_epoch=epochs)
-        else: learn.fit_one_cycle(epochs, lr)
-    else:
-        if resume: raise ValueError(f"--resume supports the one-cycle schedule; this run uses schedule={schedule!r}")
-        learn.fit(epochs, lr, cbs=schedule_cbs(schedule, lr, epochs))
-    if not rob_steps or not (out / 'best.pth').is_file():      # selection = the last epoch
+    if schedule not in (None, 'one_cycle') and resume:
+        raise ValueError(f"--resume supports the one-cycle schedule; this run uses schedule={schedule!r}")
+    with distrib_fit_ctx(learn, sync_bn):        # data-parallel when a process group is initialised; no-op otherwise
+        if schedule in (None, 'one_cycle'):
+            if resume: resume_fit(learn, out / 'last.pth', lr, n_epoch=epochs)
+            else: learn.fit_one_cycle(epochs, lr)
+        else: learn.fit(epochs, lr, cbs=schedule_cbs(schedule, lr, epochs))
+    if main and (not rob_steps or not (out / 'best.pth').is_file()):      # selection = the last epoch
         shutil.copyfile(out / 'last.pth', out / 'best.pth')
     info = dict(arch=arch, train_time_s=round(time.time() - t0, 1), selection=f"{sel} on the {dls.valid_split} split" if rob_steps else sel,
                 numerics=training_numerics(learn))
@@ -141,12 +144,14 @@ def run_experiment(data='synthetic', ir=100., profile='exp', method='pgd_at', ar
                    subset_seed=0,       # seed of the long-tailed subset (0 in every official code), apart from `seed`
                    eval_eps=8/255,      # evaluation budget (the table's), apart from the training `eps`
                    select=None,         # 'last' or dict(steps=S, first_epoch=F); None: dict(steps=10, first_epoch=1)
-                   fast=False):         # float32 (False) or the opt-in bf16 fast path (True)
+                   fast=False,          # float32 (False) or the opt-in bf16 fast path (True)
+                   sync_bn=False):      # under torchrun: BatchNorm -> SyncBatchNorm
     "Train `method` on long-tailed `data`, evaluate the last and the selected checkpoint; returns `{'last': report, 'best': report}`"
     check_eps(eval_eps, 'eval_eps')
     learn, dls, info = train_run(data, ir, profile, method, arch, epochs, lr, bs, eps, alpha, steps, seed, subset_seed, out, path,
                                  download, n_holdout, rob_batches, arch_kw, data_kw, method_kw, progress, resume, schedule, wd,
-                                 select, fast)
+                                 select, fast, sync_bn)
+    if not is_main_process(): return {}          # under torchrun: rank 0 evaluates and writes the cards
     # the card's metadata: the run, the method's options (also whole under `method_kw`: a method option may share a name
     # with a `meta` key, e.g. RoBal's `preset` and a table row's preset; `meta` wins at the top level)
     base = {**dict(dataset=data, ir=ir, profile=profile, method=method, arch=info['arch'], epochs=epochs, lr=lr, bs=bs,

@@ -1,4 +1,4 @@
-"""`enable_fast`: bf16 training attack and update, channels_last, fused SGD, lazy progress bar; `DistribTrain`: data-parallel training whose accumulated counts and metrics are reduced across processes.
+"""`enable_fast`: bf16 training attack and update, channels_last, fused SGD, lazy progress bar; `DistribTrain`: data-parallel training on `DistributedDataParallel` under `torchrun`, each process reading its share of the data, accumulated counts and metrics reduced across processes.
 
 Docs: https://ltat-dev.github.io/ltat/fast.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://ltat-dev.github.io/ltat/fast.html.md"""
 
 # %% ../nbs/09_fast.ipynb #774a39fb
 from __future__ import annotations
-import contextlib, warnings
+import contextlib, os, warnings
 from functools import partial
 import torch, torch.nn as nn
 from fastcore.basics import store_attr, noop, patch
@@ -15,12 +15,17 @@ from fastai.metrics import AccumMetric
 from fastai.optimizer import SGD, OptimWrapper
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DistributedSampler
+from fastai.torch_core import num_distrib
 from .core import dist_sum
+from .data import TensorDL, batch_augment, _as_float
 from .learner import AdvTrain
 
 # %% auto #0
-__all__ = ['fast_safe', 'FastPath', 'fused_sgd', 'LazyProgress', 'DeviceSmoothLoss', 'enable_fast', 'ShardDL', 'DistribTrain',
-           'distrib_fit_ctx']
+__all__ = ['fast_safe', 'FastPath', 'fused_sgd', 'LazyProgress', 'DeviceSmoothLoss', 'enable_fast', 'DistribDL', 'ShardDL',
+           'DistribTrain', 'init_distrib', 'distrib_fit_ctx']
 
 # %% ../nbs/09_fast.ipynb #15af0261
 def fast_safe(model: nn.Module) -> bool:
@@ -120,14 +125,31 @@ def to_fast(self: Learner, force=False, **kwargs):
     return enable_fast(self, force=force, **kwargs)
 
 # %% ../nbs/09_fast.ipynb #813843f3
-class ShardDL:
-    "This process's contiguous share of every batch of `dl` (all processes must iterate identically seeded loaders)"
-    def __init__(self, dl, rank, world): self.dl, self.rank, self.world = dl, rank, world
-    def __len__(self): return len(self.dl)
+class DistribDL:
+    "Rank `rank`'s share of the `TensorDL` `dl`, dealt by torch's `DistributedSampler`, in batches of `dl.bs // world`"
+    def __init__(self, dl:TensorDL, rank:int, world:int,
+                 epoch:int=0,      # `DistributedSampler.set_epoch`: this epoch's shuffle, the same on every rank
+                 even:bool=True):  # every rank the same number of batches (training); False: every item exactly once (evaluation)
+        if even and dl.bs % world: raise ValueError(f"batch size {dl.bs} does not split over {world} processes: use a multiple of {world}")
+        self.dl, self.rank, self.world, self.epoch, self.bs = dl, rank, world, epoch, -(-dl.bs // world)   # evaluation: any bs
+        self.sampler = DistributedSampler(range(dl.n), world, rank, shuffle=dl.shuffle, seed=dl.seed, drop_last=dl.drop_last)
+        self.sampler.set_epoch(epoch)
+        # the sampler pads its last round with repeated items; evaluation leaves them out, so sums over ranks are exact
+        self.n = len(self.sampler) if even or dl.drop_last else len(range(rank, dl.n, world))
+    def __len__(self): return self.n // self.bs if self.dl.drop_last else -(-self.n // self.bs)
+    def indices(self): return torch.tensor(list(self.sampler)[:self.n], dtype=torch.long)
+    def _generator(self):
+        "This rank's augmentation stream, a function of (seed, epoch, rank): a resumed run draws it again"
+        try: g = torch.Generator(device=self.device)
+        except RuntimeError: g = torch.Generator()
+        return g.manual_seed(hash((self.dl.seed, self.epoch, self.rank)) % 2**62)
     def __iter__(self):
-        for b in self.dl:
-            n = len(b[-1]); i = slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
-            yield tuple(t[i] for t in b)
+        ds, dl = self.dl.dataset, self.dl
+        idx, g = self.indices().to(self.device), (self._generator() if dl.pad or dl.flip else None)
+        for b in range(len(self)):
+            i = idx[b * self.bs:(b + 1) * self.bs]
+            xb = batch_augment(_as_float(ds.x[i]), dl.pad, dl.flip, g)
+            yield (xb,) if ds.y is None else (xb, ds.y[i])
     def one_batch(self): return next(iter(self))
     def to_detach(self, b, cpu=True, gather=True):
         "No gather per batch (fastai's would, under torchrun): reductions happen once, at epoch end"
@@ -137,13 +159,21 @@ class ShardDL:
         if k.startswith('__') or k == 'dl': raise AttributeError(k)
         return getattr(self.dl, k)
 
+class ShardDL(DistribDL):
+    "A loader with an order of its own (e.g. class-aware sampling): every rank iterates it identically and keeps its contiguous share of each batch"
+    def __init__(self, dl, rank, world): self.dl, self.rank, self.world = dl, rank, world
+    def __len__(self): return len(self.dl)
+    def __iter__(self):
+        for b in self.dl:
+            n = len(b[-1]); i = slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+            yield tuple(t[i] for t in b)
+
+
 # %% ../nbs/09_fast.ipynb #4a346872
 def _reduce_metric(m):
-    "Sum an averaged fastai metric over processes, or gather an `AccumMetric`'s predictions"
-    import torch.distributed as dist
-    if isinstance(m, (AvgMetric, AvgLoss)) and m.count:
-        dev = 'cuda' if dist.get_backend() == 'nccl' else 'cpu'   # nccl reduces CUDA tensors only
-        t = dist_sum(torch.tensor([float(m.total), float(m.count)], dtype=torch.float64, device=dev))
+    "Sum an averaged fastai metric over processes, or gather an `AccumMetric`'s predictions (every rank calls it)"
+    if isinstance(m, (AvgMetric, AvgLoss)):
+        t = dist_sum(torch.tensor([float(m.total), float(m.count)], dtype=torch.float64))
         m.total, m.count = t[0].item(), int(t[1].item())
     elif isinstance(m, AccumMetric):
         for k in ('preds', 'targs'):
@@ -152,45 +182,79 @@ def _reduce_metric(m):
             setattr(m, k, [torch.cat(out)])
 
 class DistribTrain(Callback):
-    "Data-parallel training over an initialised `torch.distributed` group: shard batches, average gradients, reduce metrics"
-    order = 11   # fastai's DistributedTrainer order; before Recorder (50), so metrics are reduced before they are read
-    def __init__(self, sync_bn=False): store_attr()   # convert BN to SyncBatchNorm (GPU only)
+    "Data-parallel training with `DistributedDataParallel` over an initialised process group: each rank its share of the data, metrics reduced"
+    order = AdvTrain.order + 1   # after the training attack (crafted on the module), before `Recorder` (50) reads the metrics
+    def __init__(self, sync_bn=False, **ddp_kw): store_attr('sync_bn'); self.ddp_kw = ddp_kw   # sync_bn: `nn.SyncBatchNorm` (GPU)
     def before_fit(self):
-        import torch.distributed as dist
         if not (dist.is_available() and dist.is_initialized()): raise RuntimeError("DistribTrain needs torch.distributed.init_process_group first")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        if self.sync_bn: self.learn.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.learn.model)
-        with torch.no_grad():
-            for t in [*self.learn.model.parameters(), *self.learn.model.buffers()]: dist.broadcast(t.data, 0)
-        self.old_loaders = list(self.learn.dls.loaders)
-        self.learn.dls.loaders = [self._wrap(dl) for dl in self.old_loaders]
+        m = self.learn.model   # on the data's device already (fastai's TrainEvalCallback, order -10)
+        if self.sync_bn: m = self.learn.model = nn.SyncBatchNorm.convert_sync_batchnorm(m)   # keeps the Parameter objects
+        dev = next(m.parameters()).device
+        self.module, self._p0 = m, next(m.parameters())   # building the wrapper broadcasts rank 0's parameters and buffers
+        self.ddp = DDP(m, device_ids=[dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == 'cuda' else None, **self.ddp_kw)
+        self._hook = self.ddp.register_forward_hook(self._after_forward)
         if self.rank: self.learn.logger = noop
-    def _wrap(self, dl): return dl if isinstance(dl, ShardDL) else ShardDL(dl, self.rank, self.world)
-    def before_train(self): self.learn.dl = self._wrap(self.learn.dl)
-    def before_validate(self): self.learn.dl = self._wrap(self.learn.dl)
-    def before_step(self):
-        import torch.distributed as dist
-        gs = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
-        if not gs: return
-        flat = torch._utils._flatten_dense_tensors(gs)
-        dist.all_reduce(flat); flat /= self.world                                   # eq. (2)
-        for g, s in zip(gs, torch._utils._unflatten_dense_tensors(flat, gs)): g.copy_(s)
-    def after_validate(self):
-        for m in self.learn.recorder._valid_mets: _reduce_metric(m)
-    def after_fit(self):
-        if hasattr(self, 'old_loaders'): self.learn.dls.loaders = self.old_loaders; del self.old_loaders
-    after_cancel_fit = after_fit
+    def _wrap(self, dl, even):
+        if isinstance(dl, DistribDL): return dl
+        if type(dl) is TensorDL: return DistribDL(dl, self.rank, self.world, self.epoch, even)
+        return ShardDL(dl, self.rank, self.world)
+    def before_train(self): self.learn.dl = self._wrap(self.learn.dl, True)
+    def before_validate(self): self.learn.dl = self._wrap(self.learn.dl, False)
+
+
+# %% ../nbs/09_fast.ipynb #d15b7a01
+@patch
+def before_batch(self: DistribTrain):
+    "The training forward, and only it, goes through the wrapper"
+    if self.training: self.learn.model, self._synced = self.ddp, False
+
+@patch
+def _after_forward(self: DistribTrain, mod, inp, out):
+    "Forward hook of the wrapper: back to the module once the forward that will be differentiated has run"
+    if torch.is_grad_enabled() and self._p0.requires_grad: self.learn.model, self._synced = self.module, True
+
+@patch
+def before_backward(self: DistribTrain):
+    if not self._synced: raise RuntimeError("the training forward did not run through DistributedDataParallel: gradients would not be averaged")
+
+@patch
+def after_batch(self: DistribTrain): self.learn.model = self.module
+DistribTrain.after_cancel_batch = DistribTrain.after_batch
+
+@patch
+def after_train(self: DistribTrain):
+    for m in self.learn.recorder._train_mets: _reduce_metric(m)
+
+@patch
+def after_validate(self: DistribTrain):
+    for m in self.learn.recorder._valid_mets: _reduce_metric(m)
+
+@patch
+def after_fit(self: DistribTrain):
+    if hasattr(self, 'ddp'): self._hook.remove(); self.learn.model = self.module; del self.ddp, self.module, self._p0
+DistribTrain.after_cancel_fit = DistribTrain.after_fit
+
 
 # %% ../nbs/09_fast.ipynb #42e786b0
+def init_distrib(backend=None) -> int:
+    "Initialise the process group from `torchrun`'s environment (nccl with CUDA, else gloo) and pick this process's GPU; returns the world size"
+    if dist.is_available() and dist.is_initialized(): return dist.get_world_size()
+    if num_distrib() < 2: return 1               # not started by torchrun (or one process): nothing to do
+    if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    dist.init_process_group(backend or ('nccl' if torch.cuda.is_available() else 'gloo'))
+    return dist.get_world_size()
+
 @contextlib.contextmanager
 def distrib_fit_ctx(learn: Learner, sync_bn=False):
-    "Context manager: `learn` trains data-parallel over the initialised process group (no-op in a single process)"
-    import torch.distributed as dist
-    on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    "Context manager: `learn` trains data-parallel over the initialised process group (no-op without one)"
+    on = dist.is_available() and dist.is_initialized()
     cb = DistribTrain(sync_bn) if on else None
-    if cb is not None:
-        learn.add_cb(cb)
-        if dist.get_rank() and hasattr(learn, 'progress'): learn.remove_cb(learn.progress)
+    bar = getattr(learn, 'progress', None) if on and dist.get_rank() else None
+    if cb is not None: learn.add_cb(cb)
+    if bar is not None: learn.remove_cb(bar)
     try: yield learn
     finally:
         if cb is not None: learn.remove_cb(cb)
+        if bar is not None: learn.add_cb(bar)
+

@@ -22,6 +22,8 @@ from .core import check_eps, check_steps, check_choice, check_range, to_plain, d
 from .attacks import pgd, attack_mode
 from .losses import trades_loss, trades_attack_loss, LT_LOSSES, make_lt_loss
 from .models import CosineHead, create_model
+from .data import train_counts
+from .robustlt import CLASS_EPS, class_eps, budget_scale, sample_budgets
 
 # %% auto #0
 __all__ = ['METHODS', 'SAMPLERS', 'DEFINED_IN', 'check_ldam_head', 'AdvTrain', 'TradesTrain', 'RobustAccuracy',
@@ -52,8 +54,12 @@ class AdvTrain(Callback):
                  attack_dtype=None,  # None: float32; torch.bfloat16 for a faster training attack
                  loss=None,          # long-tailed loss: a name in `ltat.losses.LT_LOSSES` or a callable (logits, y); None: CE
                  loss_on='train',    # where `loss` replaces CE: 'train' (outer loss, RoBal §3.2), 'attack' (PGD objective) or 'both'
-                 loss_kw=None):      # options of the loss factory, e.g. dict(s=1.) for RoBal's LDAM row
+                 loss_kw=None,       # options of the loss factory, e.g. dict(s=1.) for RoBal's LDAM row
+                 class_eps=None,     # None: one budget; 'robustlt': RobustLT's class-wise budgets and warm-up (`ltat.robustlt`)
+                 robustlt_alpha=0.3, # RobustLT's a: share of the budget redistributed by class frequency
+                 robustlt_beta=0.8): # RobustLT's b: the budgets warm up over the first b*E epochs (0: no warm-up)
         check_eps(eps); check_eps(alpha, 'alpha'); check_steps(steps); check_choice(loss_on, ('train', 'attack', 'both'), 'loss_on')
+        check_choice(class_eps, CLASS_EPS, 'class_eps')
         if isinstance(loss, str): check_registered(loss, LT_LOSSES, 'loss')
         elif loss is not None and not callable(loss): raise ValueError(f"loss={loss!r} must be None, a name in LT_LOSSES or a callable")
         store_attr(but='loss')
@@ -77,7 +83,7 @@ class AdvTrain(Callback):
     def before_batch(self):
         x, y = to_plain(self.learn.xb[0]), to_plain(self.learn.yb[0])
         if not getattr(self, '_checked', False): check_range(x, name='training inputs'); self._checked = True
-        self.x_nat, self.learn.xb = x, (self.craft(x, y),)
+        self.x_nat, self.learn.xb = x, (self._craft_batch(x, y),)
     def after_train(self):
         if hasattr(self, 'old_lf'): self.learn.loss_func = self.old_lf; del self.old_lf
     after_cancel_train = after_cancel_fit = after_train
@@ -88,9 +94,11 @@ class AdvTrain(Callback):
 # %% ../nbs/05_learner.ipynb #211940ed
 @patch
 def _build_loss(self: AdvTrain):
-    "Build the long-tailed loss once, from `dls.counts` (a missing count vector is a `ValueError`)"
+    "Build the long-tailed loss once, from `dls.counts`, else the training labels (`ltat.data.train_counts`)"
     if self.lt_name is None or self.lt_loss is not None: return
-    self.lt_loss = make_lt_loss(self.lt_name, getattr(self.learn.dls, 'counts', None), **(self.loss_kw or {}))
+    needs = getattr(LT_LOSSES.get(self.lt_name) if isinstance(self.lt_name, str) else None, 'needs_counts', False)
+    counts = train_counts(self.learn.dls) if needs else getattr(self.learn.dls, 'counts', None)   # counted from the labels when absent
+    self.lt_loss = make_lt_loss(self.lt_name, counts, **(self.loss_kw or {}))
     if self._lt_state is not None: self.load_state_dict(self._lt_state)
     if self.lt_name in ('ldam', 'ldam_drw'): check_ldam_head(self.learn.model, (self.loss_kw or {}).get('s', 30.), f"loss={self.lt_name!r}")
 
@@ -119,21 +127,35 @@ def load_state_dict(self: AdvTrain, d):
 # %% ../nbs/05_learner.ipynb #1d2a1911
 @patch
 def class_counts(self: AdvTrain):
-    "Training count per class, a float tensor on the model's device: `self.counts` if the method has one, else `dls.counts` (cached per fit)"
+    "Training count per class, a float tensor on the model's device: `self.counts` if the method has one, else `dls.counts` or the training labels' counts (cached per fit)"
     dev = next(self.learn.model.parameters()).device
     c = getattr(self, '_counts_t', None)
     if c is None or c.device != dev:
         src = getattr(self, 'counts', None)
-        if src is None: src = getattr(self.learn.dls, 'counts', None)
         if src is None:
-            raise ValueError(f"counts=None: {type(self).__name__} needs the training count of each class; pass counts=[n_0, ..., n_C-1] "
-                             "or use DataLoaders from ltat.data.lt_dls (they carry dls.counts)")
+            try: src = train_counts(self.learn.dls)                  # `dls.counts`, else counted from the training labels
+            except (AttributeError, ValueError) as e:
+                raise ValueError(f"counts=None: {type(self).__name__} needs the training count of each class and could not count "
+                                 f"them from the training set ({e}); pass counts=[n_0, ..., n_C-1]") from None
         n = torch.as_tensor(src, dtype=torch.float64).flatten().cpu()
         C = getattr(self.learn.dls, 'n_classes', None)
         if C is not None and len(n) != C: raise ValueError(f"counts has {len(n)} classes but dls.n_classes={C}")
         if not bool((n >= 1).all()): raise ValueError(f"counts must be positive class counts, got {n.tolist()}")
         c = self._counts_t = n.to(device=dev, dtype=torch.float32)
     return c
+
+# %% ../nbs/05_learner.ipynb #f76f9cf8
+@patch
+def _craft_batch(self: AdvTrain, x, y):
+    "`craft(x, y)` at the uniform budget, or (`class_eps='robustlt'`) at this epoch's class-wise budgets, per sample"
+    if self.class_eps is None: return self.craft(x, y)
+    c = self.class_counts()
+    if getattr(self, '_eps_key', None) is not c:      # once per fit: `class_counts` is cached per fit
+        self._eps_key, self._eps_c = c, class_eps(c.cpu(), self.eps, self.robustlt_alpha).to(c.device)
+    eps, alpha = self.eps, self.alpha
+    self.eps, self.alpha = sample_budgets(self._eps_c, y, eps, alpha, budget_scale(self.epoch + 1, self.n_epoch, self.robustlt_beta))
+    try: return self.craft(x, y)
+    finally: self.eps, self.alpha = eps, alpha
 
 # %% ../nbs/05_learner.ipynb #926a7cbc
 class TradesTrain(AdvTrain):
@@ -178,7 +200,8 @@ SAMPLERS = {None: None}    # name -> callback that replaces the training loader'
 # (`from ltat.all import *` imports every one); this table only makes the error message helpful
 DEFINED_IN = {'mart': 'ltat.baselines', 'awp': 'ltat.baselines', 'robal': 'ltat.robal', 'at_bsl': 'ltat.at_bsl',
               'reat': 'ltat.reat', 'srat': 'ltat.srat', 'self_distill': 'ltat.self_distill', 'class_aware': 'ltat.lt_at',
-              'ldam_drw': 'ltat.lt_at', 'focal_drw': 'ltat.lt_at', 'ce_drw': 'ltat.lt_at'}
+              'ldam_drw': 'ltat.lt_at', 'focal_drw': 'ltat.lt_at', 'ce_drw': 'ltat.lt_at',
+              'taet': 'ltat.taet'}
 
 def check_registered(name, registry, what):
     "Raise a `ValueError` naming `name`, the registered names and, for a known name of a later chapter, the module to import"

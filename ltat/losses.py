@@ -11,7 +11,7 @@ import torch, torch.nn.functional as F
 # %% auto #0
 __all__ = ['LT_LOSSES', 'kl_div', 'trades_loss', 'trades_attack_loss', 'on_device', 'bsl_loss', 'logit_adjust', 'cb_weights',
            'focal_loss', 'sigmoid_focal_loss', 'ldam_margins', 'ldam_loss', 'cdt_logits', 'mart_loss', 'robal_loss',
-           'rbl_weights', 'tail_reg', 'supcon_loss', 'igdm_loss', 'cos_margin_loss', 'make_lt_loss']
+           'rbl_weights', 'tail_reg', 'supcon_loss', 'igdm_loss', 'taet_loss', 'cos_margin_loss', 'make_lt_loss']
 
 # %% ../nbs/04_losses.ipynb #db4be81c
 def kl_div(logits_p, logits_q, reduction='batchmean'):
@@ -166,6 +166,15 @@ def supcon_loss(feats, y, tau=0.1, normalize=True):
 def igdm_loss(s_plus, s_minus, t_plus, t_minus):
     "IGDM (Lee et al. 2024): KL_batchmean(softmax(t+ - t-) || softmax(s+ - s-)), teacher detached"
     return kl_div((t_plus - t_minus).detach(), s_plus - s_minus)
+
+# %% ../nbs/04_losses.ipynb #1cda0156
+def taet_loss(logits, y, n_classes, alpha=0.1, beta=0.1, gamma=0.1):
+    "TAET's hierarchical equalisation loss: a*mean_c L_c + b*var_c L_c + g*sum_c (L_c/sum L)^2 over the class-wise mean CE L_c"
+    l = F.cross_entropy(logits.float(), y, reduction='none')
+    oh = F.one_hot(y, n_classes).to(l.dtype)
+    L = (oh * l[:, None]).sum(0) / (oh.sum(0) + 1e-10)     # class-wise mean loss, 0 for an absent class
+    m = L.mean()
+    return alpha * m + beta * ((L - m) ** 2).mean() + gamma * (L / (L.sum() + 1e-10)).pow(2).sum()
 
 # %% ../nbs/04_losses.ipynb #11b294cc
 def _la_loss(logits, y, counts, tau=1.0):

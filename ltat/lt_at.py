@@ -11,7 +11,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback
 from .core import check_choice
-from .data import TensorDL, batch_augment
+from .data import TensorDL, batch_augment, dataset_labels, train_counts
 from .losses import LT_LOSSES, cb_weights, ldam_loss, focal_loss, make_lt_loss, _counts, _needs_counts, on_device
 from .models import TDEHead
 from .learner import AdvTrain, adv_learner, SAMPLERS
@@ -93,9 +93,13 @@ class ClassAwareDL(TensorDL):
         return ClassAwareDL(self.dataset, **args)
 
 def class_aware_dl(dl, seed=None):
-    "A class-aware copy of the `TensorDL` `dl` (same data, batch size, augmentation)"
-    if not isinstance(dl, TensorDL): raise ValueError(f"class-aware sampling needs an ltat TensorDL (from `lt_dls`), got {type(dl).__name__}")
-    return ClassAwareDL(dl.dataset, bs=dl.bs, drop_last=dl.drop_last, pad=dl.pad, flip=dl.flip, seed=dl.seed if seed is None else seed)
+    "A class-aware copy of `dl` (same data, batch size, augmentation): a `ClassAwareDL` of a `TensorDL`, else the fastai loader with this order"
+    seed = getattr(dl, 'seed', 0) if seed is None else seed
+    if isinstance(dl, TensorDL): return ClassAwareDL(dl.dataset, bs=dl.bs, drop_last=dl.drop_last, pad=dl.pad, flip=dl.flip, seed=seed)
+    if not callable(getattr(dl, 'new', None)): raise ValueError(f"class-aware sampling needs an ltat TensorDL or a fastai DataLoader, got {type(dl).__name__}")
+    y = torch.as_tensor(dataset_labels(dl.dataset)); n = torch.bincount(y)
+    g = torch.Generator().manual_seed(seed)
+    return dl.new(n=int(n.max()) * len(n), shuffle=True, shuffle_fn=lambda idxs: class_aware_order(y, g).tolist())   # fastai's hook for the order
 
 class ClassAwareSampling(Callback):
     "Train on RoBal's class-aware re-sampling: swap `dls.train` for a `ClassAwareDL` during the fit"
@@ -138,7 +142,7 @@ def finetune(learn, kind, epochs=1, lr=0.1, params=None, **kwargs):
     akw = dict(eps=adv.eps, alpha=adv.alpha, steps=adv.steps, init=adv.init, bn_eval=adv.bn_eval) if adv is not None else {}
     kw = dict(robust_metric=False, opt_func=learn.opt_func, sampler=None if kind == 'rw' else 'class_aware')
     if adv is not None: kw.update(method='pgd_at', loss='cb' if kind == 'rw' else None)
-    else: kw.update(method='natural', loss_func=make_lt_loss('cb', learn.dls.counts) if kind == 'rw' else learn.loss_func)
+    else: kw.update(method='natural', loss_func=make_lt_loss('cb', train_counts(learn.dls)) if kind == 'rw' else learn.loss_func)
     try:
         ft = adv_learner(learn.dls, model, **{**akw, **kw, **kwargs})
         ft.fit(epochs, lr)

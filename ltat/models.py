@@ -16,8 +16,8 @@ from .core import check_choice
 # %% auto #0
 __all__ = ['DATASET_STATS', 'MODELS', 'HEADS', 'Normalize', 'Stats', 'BasicBlock', 'PreActBlock', 'ResNet', 'WideBlock',
            'WideResNet', 'SmallCNN', 'resnet18', 'preact_resnet18', 'wrn34_10', 'wrn28_10', 'small_cnn', 'list_models',
-           'linear_head', 'CosineHead', 'TDEHead', 'tde_head', 'list_heads', 'LTModel', 'lt_splitter',
-           'UnknownKwargError', 'create_model']
+           'TimmBody', 'linear_head', 'prior_bias', 'CosineHead', 'TDEHead', 'tde_head', 'list_heads', 'LTModel',
+           'lt_splitter', 'UnknownKwargError', 'create_model']
 
 # %% ../nbs/02_models.ipynb #77bfd073
 class Normalize(nn.Module):
@@ -175,10 +175,49 @@ def list_models():
     "Names accepted by `create_model`"
     return list(MODELS)
 
+# %% ../nbs/02_models.ipynb #6d1b1905
+def _timm_arch(arch):
+    "The timm model name that `arch` stands for: 'timm:NAME' always, a bare name timm knows that is not ltat's; else None"
+    if not isinstance(arch, str): return None
+    if arch.startswith('timm:'): return arch[len('timm:'):]
+    if arch in MODELS: return None
+    try: import timm
+    except ImportError: return None
+    return arch if timm.is_model(arch) else None
+
+class TimmBody(nn.Module):
+    "A timm model without its classifier, as a backbone: `forward` gives the pooled feature, of width `feat_dim`"
+    def __init__(self, name, in_ch=3, pretrained=False, **kwargs):
+        super().__init__()
+        try: import timm
+        except ImportError as e: raise ImportError(f"{name!r} is a timm model: pip install 'ltat[timm]' (or timm)") from e
+        self.name = name
+        self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_ch, **kwargs)
+        self.feat_dim = getattr(self.net, 'head_hidden_size', None) or self.net.num_features
+    def forward(self, x): return self.net(x)
+
 # %% ../nbs/02_models.ipynb #e03eeddb
-def linear_head(feat_dim, n_classes, bias=True):
+def linear_head(feat_dim, n_classes,
+                bias=True,        # a bias vector b
+                bias_init=None,   # None: `nn.Linear`'s initialisation; else C starting values of b (e.g. `prior_bias(counts)`)
+                train_bias=True): # False: b stays at its initial value (RoBal's `Dot_Classifier`)
     "Ordinary fully connected classifier `W f + b` (RoBal's 'Vanilla FC')"
-    return nn.Linear(feat_dim, n_classes, bias=bias)
+    lin = nn.Linear(feat_dim, n_classes, bias=bias)
+    if not bias and (bias_init is not None or not train_bias):
+        raise ValueError(f"bias_init={bias_init!r} and train_bias={train_bias!r} need bias=True")
+    if bias_init is not None:
+        b = torch.as_tensor(bias_init, dtype=lin.bias.dtype).flatten()
+        if b.shape != (n_classes,): raise ValueError(f"bias_init has {b.numel()} values, the head has n_classes={n_classes}")
+        with torch.no_grad(): lin.bias.copy_(b)
+    if bias: lin.bias.requires_grad_(bool(train_bias))
+    return lin
+
+def prior_bias(counts):
+    "The focal loss's prior initialisation of the bias, b_c = -log((1 - pi_c) / pi_c) with pi_c = n_c / N"
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    if n.ndim != 1 or len(n) < 2 or not bool((n > 0).all()): raise ValueError(f"counts={counts!r} must be >= 2 positive class counts")
+    pi = n / n.sum()
+    return (-torch.log((1 - pi) / pi)).float()
 
 class CosineHead(nn.Module):
     "RoBal's cosine classifier (CVPR'21 §4.1-4.2): `scale * normalize(f) @ (W / (||W_i|| + gamma)).T` (+ bias)"
@@ -268,17 +307,31 @@ def _make_norm(mean, std, in_ch):
     if norm.mean.numel() not in (1, in_ch): raise ValueError(f"mean/std have {norm.mean.numel()} values but in_ch={in_ch}")
     return norm
 
-def create_model(arch, n_classes, in_ch=3, head='linear', mean=None, std=None, **kwargs):
-    "`LTModel` with backbone `arch`, classifier `head` and, if `mean`/`std` are given, normalisation as first layer"
-    check_choice(arch, MODELS, 'arch'); check_choice(head, HEADS, 'head')
+def create_model(arch, n_classes, in_ch=3, head='linear', mean=None, std=None, counts=None, **kwargs):
+    "`LTModel` with backbone `arch` (ltat's or timm's), classifier `head` and, if `mean`/`std` are given, normalisation as first layer"
+    if isinstance(kwargs.get('bias_init'), str):                    # a named initialisation, resolved with the class counts
+        check_choice(kwargs['bias_init'], ('prior',), 'bias_init')
+        if counts is None: raise ValueError("bias_init='prior' needs the training set's class counts: create_model(..., counts=dls.counts)")
+        kwargs['bias_init'] = prior_bias(counts)
+    timm_name = _timm_arch(arch)                                   # None: one of ltat's own backbones
+    if timm_name is None and arch not in MODELS:
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(map(repr, MODELS))}, or a timm model name "
+                         "('timm:NAME' always means timm's; needs `pip install 'ltat[timm]'`)")
+    check_choice(head, HEADS, 'head')
     for v, name in ((n_classes, 'n_classes'), (in_ch, 'in_ch')):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1: raise ValueError(f"{name}={v!r} must be an integer >= 1")
-    arch_fn, head_fn = MODELS[arch], HEADS[head]
-    a_ok, h_ok = _kwarg_names(arch_fn, {'in_ch'}), _kwarg_names(head_fn, {'feat_dim', 'n_classes'})
+    head_fn = HEADS[head]
+    h_ok = _kwarg_names(head_fn, {'feat_dim', 'n_classes'})
+    if timm_name is None: arch_fn = MODELS[arch]; a_ok = _kwarg_names(arch_fn, {'in_ch'})
+    else:                                                          # timm checks its own keywords
+        arch_fn = lambda in_ch, **kw: TimmBody(timm_name, in_ch=in_ch, **kw)
+        a_ok = [k for k in kwargs if k not in h_ok]
     bad = [k for k in kwargs if k not in a_ok and k not in h_ok]
     if bad: raise UnknownKwargError(f"create_model got unknown keyword argument(s) {bad}: arch {arch!r} accepts {a_ok}, head {head!r} accepts {h_ok}")
     body = arch_fn(in_ch=in_ch, **{k: v for k, v in kwargs.items() if k in a_ok})
     clf = head_fn(body.feat_dim, n_classes, **{k: v for k, v in kwargs.items() if k in h_ok})
+    if timm_name is not None and kwargs.get('pretrained') and mean is None and std is None:
+        mean, std = body.net.pretrained_cfg['mean'], body.net.pretrained_cfg['std']   # the statistics its weights expect
     model = LTModel(body, clf, _make_norm(mean, std, in_ch))
     model.arch, model.n_classes = arch, n_classes
     return model

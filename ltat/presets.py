@@ -15,7 +15,7 @@ from .core import check_choice, eps_str
 from .data import dataset_info
 from .learner import METHODS, default_opt, _method_params
 from .robal import robal_lr_factors, robal_lr_schedule, robal_preset
-import ltat.baselines, ltat.lt_at, ltat.at_bsl, ltat.reat, ltat.srat, ltat.self_distill   # register every method in `METHODS`
+import ltat.baselines, ltat.lt_at, ltat.at_bsl, ltat.reat, ltat.srat, ltat.self_distill, ltat.taet   # register every method in `METHODS`
 
 # %% auto #0
 __all__ = ['PRESETS', 'UNSTATED', 'PROTOCOL_SETTINGS', 'OFFICIAL', 'DIFFERENCES', 'OWN_PRESETS', 'step_lr', 'StepLR',
@@ -94,11 +94,14 @@ _PAPERS = {
     'trades': "Zhang et al., Theoretically Principled Trade-off between Robustness and Accuracy, ICML 2019, https://arxiv.org/abs/1901.08573",
     'mart': "Wang et al., Improving Adversarial Robustness Requires Revisiting Misclassified Examples, ICLR 2020, https://openreview.net/forum?id=rklOg6EFwS",
     'awp': "Wu, Xia, Wang, Adversarial Weight Perturbation Helps Robust Generalization, NeurIPS 2020, https://arxiv.org/abs/2004.05884",
+    'robustlt': "Zhang et al., Taming the Long Tail: Rebalancing Adversarial Training via Adaptive Perturbation, CVPR 2026, https://arxiv.org/abs/2605.13395",
+    'taet': "Wang et al., TAET: Two-Stage Adversarial Equalization Training on Long-Tailed Distributions, CVPR 2025, https://arxiv.org/abs/2503.01924",
     'ltat': "none: the CPU-scale benchmark of this library",
 }
 _CODE = {'at_bsl': 'NISPLab/AT-BSL @ 23f433e', 'reat': 'GuanlinLee/REAT @ a7909fd', 'robal': 'wutong16/Adversarial_Long-Tail @ ab2f3a7',
          'trades': 'yaodongyu/TRADES @ 6e8e11b', 'mart': 'YisenWang/MART @ 2d83e17', 'awp': 'csdongxian/AWP @ a7acf5d',
-         'ldam': 'kaidic/LDAM-DRW @ 2536330'}
+         'ldam': 'kaidic/LDAM-DRW @ 2536330', 'robustlt': 'zhang-lilin/RobustLT @ 2d63979',
+         'taet': 'BuhuiOK/TAET-Two-Stage-Adversarial-Equalization-Training-on-Long-Tailed-Distributions @ 3c463c3'}
 _COMMON = ("the paper re-ran this baseline under its common protocol without stating the settings; ltat uses AT-BSL's "
            "100-epoch protocol (NISPLab/AT-BSL @ 23f433e, train_at_bsl_cifar10.py) and the method's own attack [UNCONFIRMED]")
 
@@ -209,6 +212,34 @@ PRESETS = {
                     lr=0.05, schedule='one_cycle', attacks=('clean', 'pgd20', 'aa'), select=dict(steps=10, first_epoch=1), reported=None,
                     source=_src('ltat', "ltat's Fashion-MNIST-LT table (`ltat reproduce fmnist`)", None)),
 }
+
+# %% ../nbs/17_presets.ipynb #9acdaf05
+_RLT_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))   # RobustLT's core/data/cifar10lt.py `DATA_DESC`
+_RLT = dict(arch='wrn28_10', arch_kw=_RLT_STATS, seed=102, schedule=dict(milestones=(76, 91), gamma=0.1), select='last',
+            attacks=('clean', 'pgd20', 'cw20', 'aa'), reported=None)
+_RLT_ATTACK = dict(init='uniform', bn_eval=False)                               # `AdversarialTraining.get_adversarial_examples`
+_RLT_ON = dict(class_eps='robustlt', robustlt_alpha=0.3, robustlt_beta=0.8)      # configs/cifar10lf/robustlt_*_cifar10.yaml
+def _rlt(method, cfg, on, **mkw):
+    return _r(method=method, **_RLT, method_kw={**_RLT_ATTACK, **mkw, **(_RLT_ON if on else {})},
+              source=_src('robustlt', "Tables of CIFAR-10-LT (IR 50), rows with and without RobustLT",
+                          f"{_CODE['robustlt']}, configs/cifar10lf/{'robustlt_' if on else ''}{cfg}_cifar10.yaml, train.py, "
+                          f"core/methods/{cfg}.py" + (", core/methods/robustlt.py" if on else '')))
+
+PRESETS.update({
+    'pgd_at-rlt-cifar10-lt': _rlt('pgd_at', 'pgdat', False),
+    'robustlt-pgd_at-cifar10-lt': _rlt('pgd_at', 'pgdat', True),
+    'at_bsl-rlt-cifar10-lt': _rlt('at_bsl', 'atbsl', False),
+    'robustlt-at_bsl-cifar10-lt': _rlt('at_bsl', 'atbsl', True),
+    # RobustLT's re-implementation of TAET: `current_epoch < 40` with epochs from 1 = 39 natural epochs; its common attack
+    'taet-rlt-cifar10-lt': _rlt('taet', 'taet', False, ce_epochs=39),
+    'robustlt-taet-cifar10-lt': _rlt('taet', 'taet', True, ce_epochs=39),
+    # TAET's own code: 40 natural epochs (`epoch < ce_epochs`, epochs from 0), HARL's attack (0.001 N start, 10 x 0.003 in 0.031, eval BN)
+    'taet-cifar10-lt': _r(method='taet', method_kw=dict(ce_epochs=40), eps=0.031, alpha=0.003, schedule=dict(milestones=(76, 91), gamma=0.1),
+                          select='last', attacks=('clean', 'fgsm', 'pgd20', 'pgd100', 'aa'), reported=None,
+                          source=_src('taet', 'Tables of CIFAR-10-LT', f"{_CODE['taet']}, code/HARL.py and code/TAET_demo.ipynb",
+                                      "the demo resizes CIFAR-10-LT IR 10 to 224 pixels for torchvision's ImageNet ResNet-18; ltat keeps "
+                                      "32 pixels and its CIFAR ResNet-18 on IR 50, the imbalance of every other CIFAR-10-LT preset")),
+})
 
 # %% ../nbs/17_presets.ipynb #54473cae
 _EXTRA_KEYS = ('arch_kw', 'n_holdout', 'aa_n', 'data_kw', 'max_batches', 'rob_batches', 'robal_eval')
@@ -443,6 +474,54 @@ OFFICIAL = {
                    select="it saves every epoch and measures clean accuracy only")),
 }
 
+# %% ../nbs/17_presets.ipynb #41bc9f29
+_AUA = ((4, 'zero', True, 'AutoAugment'), 'aua', 'AutoAugment (CIFAR-10 policy), then the crop and flip')
+_RLT_BN = 'train mode, batch statistics; `track_running_stats` off, so the running statistics stay as they were'
+def _official_rlt(cfg, on, loss, augmentation=(_ZERO_CROP, 'base')):
+    c = _CODE['robustlt']; y = f"{c}, configs/cifar10lf/{'robustlt_' if on else ''}{cfg}_cifar10.yaml"; t = f"{c}, train.py"
+    a = f"{c}, core/methods/utils.py (`AdversarialTraining`)"; p = f"{c}, core/trainer/parser.py"
+    return dict(
+        data=(('cifar10', 50, 'exp'), f"{y} (`imbalance_rate: 50`; `--imbalance_type exp`)"),
+        subset_seed=(102, f"{c}, core/data/split/cifar10-exp50-seed102.npz", "the split is a stored file drawn with seed 102 (also 103, 104)"),
+        seed=(102, f"{p} (`--seed`)"), model=('wrn28_10', f"{y} (`model: wrn-28-10`, `classifier: FC`)"),
+        input=((_RLT_STATS['mean'], _RLT_STATS['std']), f"{c}, core/models/__init__.py (`normalize=True`), core/data/cifar10lt.py (`DATA_DESC`)"),
+        augmentation=(augmentation[0], f"{c}, core/data/cifar10lt.py (`augment: {augmentation[1]}`)", *augmentation[2:]),
+        bs=(128, y), drop_last=_unstated(f"ltat has not read it from {c}, core/data/utils.py (`get_dataloader`)"),
+        epochs=(100, y), optimizer=('SGD, Nesterov momentum 0.9, L2 weight decay on every parameter', f"{c}, core/trainer/__init__.py (`init_optimizer`); {p} (`--nesterov True`)"),
+        wd=(5e-4, p), schedule=('0.1 (1-75), 0.01 (76-90), 0.001 (91-100)', f"{y} (`MultiStepLR([75, 90])`); {t} (`scheduler.step()` after each epoch)"),
+        eps=(8/255, p), alpha=(2/255, p), steps=(10, p), attack_start=('uniform', a, "at the uniform budget, also under RobustLT"),
+        attack_bn=(_RESTORED, a, _RLT_BN), loss=(loss, y), precision=('float32', t),
+        select=('last', t, "`weights-best.pt` is written only with `--validation`, which no config sets"),
+        eval_eps=(8/255, f"{c}, core/trainer/__init__.py (`init_attack`)"),
+        eval_attacks=(('clean', 'pgd20', 'aa'), f"{c}, core/trainer/__init__.py (`init_attack`), eval.py", "PGD-20 with step 1/255"),
+        autoattack=('standard', f"{c}, core/trainer/__init__.py (`core.metrics.AutoAttack(version='standard', n_classes=C)`)",
+                    "the repository's own core/metrics.py implementation; ltat has not compared it with fra31/auto-attack"),
+        eval_model=(None, t))
+
+def _official_taet():
+    c = _CODE['taet']; h = f"{c}, code/HARL.py"; d = f"{c}, code/TAET_demo.ipynb"
+    return dict(
+        data=(('cifar10', 10, 'exp'), f"{d} (`Cifar10LT(imb_factor=0.1)`)"),
+        subset_seed=('unseeded', d, "`np.random.shuffle` without a seed"), seed=('unseeded', d),
+        model=("torchvision resnet18 at 224 pixels", d), input=(None, d), augmentation=(_ZERO_CROP, d, "after a resize to 224 pixels"),
+        bs=(128, d), drop_last=(False, f"{d} (PyTorch's default)"), epochs=(100, d), optimizer=(_SGD, d), wd=(5e-4, d),
+        schedule=('0.1 (1-75), 0.01 (76-90), 0.001 (91-100)', f"{d} (`MultiStepLR([75, 90])`, stepped after each epoch)"),
+        eps=(0.031, h), alpha=(0.003, h), steps=(10, h), attack_start=('normal', h), attack_bn=('eval', f"{h} (`model.eval()` while crafting)"),
+        loss=('cross-entropy for 40 epochs, then HARL: a 0.1, b 0.1, g 0.1', f"{d} (`ce_epochs`, `if epoch < ce_epochs`); {h}"),
+        precision=('float32', d), select=('last', f"{d} (`model_final.pt`)"), eval_eps=(8/255, d),
+        eval_attacks=(('clean', 'fgsm', 'pgd20', 'pgd100', 'aa'), d, "torchattacks, PGD with step 1/255; also CW (c 10, 100 steps)"),
+        autoattack=('torchattacks', f"{d} (`torchattacks.AutoAttack(version='standard', n_classes=10)`)"), eval_model=(None, d))
+
+OFFICIAL.update({
+    'pgd_at-rlt-cifar10-lt': _official_rlt('pgdat', False, 'cross-entropy'),
+    'robustlt-pgd_at-cifar10-lt': _official_rlt('pgdat', True, 'cross-entropy; RobustLT a 0.3, b 0.8'),
+    'at_bsl-rlt-cifar10-lt': _official_rlt('atbsl', False, 'balanced softmax, tau 1', _AUA),
+    'robustlt-at_bsl-cifar10-lt': _official_rlt('atbsl', True, 'balanced softmax, tau 1; RobustLT a 0.3, b 0.8', _AUA),
+    'taet-rlt-cifar10-lt': _official_rlt('taet', False, 'cross-entropy for 39 epochs, then HARL: a 0.1, b 0.1, g 0.1'),
+    'robustlt-taet-cifar10-lt': _official_rlt('taet', True, 'cross-entropy for 39 epochs, then HARL: a 0.1, b 0.1, g 0.1; RobustLT a 0.3, b 0.8'),
+    'taet-cifar10-lt': _official_taet(),
+})
+
 # %% ../nbs/17_presets.ipynb #ec20ecc7
 _D_DROP = ("ltat's training batches are always full (`lt_dls` drops the last partial batch, as AT-BSL and RoBal do); this code keeps it: "
            "at most bs-1 images per epoch, a different set each epoch, are left out by ltat")
@@ -471,6 +550,25 @@ DIFFERENCES = {
 }
 OWN_PRESETS = ('fmnist-lt',)     # ltat's own recipes: no official protocol
 
+# %% ../nbs/17_presets.ipynb #1be6f065
+_D_NESTEROV = ("ltat's optimiser is fastai's SGD with heavy-ball momentum (`default_opt`), which has no Nesterov option; "
+               "the official code uses PyTorch's SGD with `nesterov=True`")
+_D_RLT_SPLIT = ("ltat draws the LDAM-DRW subset with seed 0 (the same counts per class, other images); the official split is a stored "
+                "file of image indices")
+_D_AUA = "ltat has no AutoAugment: plain crop and flip; the official AT-BSL config trains with AutoAugment (`augment: aua`) first"
+_D_RLT = dict(subset_seed=(0, _D_RLT_SPLIT), optimizer=('SGD, momentum 0.9, L2 weight decay on every parameter', _D_NESTEROV))
+_D_TAET = dict(data=(('cifar10', 50, 'exp'), "IR 50, the imbalance of every other CIFAR-10-LT preset of ltat; the demo notebook uses IR 10"),
+               subset_seed=(0, "ltat draws the LDAM-DRW subset with seed 0, reproducibly"), seed=(0, "ltat seeds every run"),
+               model=('resnet18', "ltat's CIFAR ResNet-18 at 32 pixels; the demo resizes to 224 pixels for torchvision's ImageNet ResNet-18"),
+               drop_last=(True, _D_DROP),
+               autoattack=('standard', "ltat runs the official AutoAttack (fra31/auto-attack); the demo runs torchattacks' re-implementation"))
+DIFFERENCES.update({
+    'pgd_at-rlt-cifar10-lt': _D_RLT, 'robustlt-pgd_at-cifar10-lt': _D_RLT,
+    'at_bsl-rlt-cifar10-lt': dict(**_D_RLT, augmentation=((4, 'zero', True), _D_AUA)),
+    'robustlt-at_bsl-cifar10-lt': dict(**_D_RLT, augmentation=((4, 'zero', True), _D_AUA)),
+    'taet-rlt-cifar10-lt': _D_RLT, 'robustlt-taet-cifar10-lt': _D_RLT, 'taet-cifar10-lt': _D_TAET,
+})
+
 # %% ../nbs/17_presets.ipynb #dc50bfcd
 def _method_cb(r):
     "The method callback a recipe trains with (its defaults filled in); None for natural training"
@@ -486,6 +584,11 @@ def _model_str(r):
     return f"{r['arch']}, {head} head (" + ', '.join(f"{k} {kw[k]:g}" for k in ('scale', 'gamma') if k in kw) + ')'
 
 def _loss_str(r, cb):
+    s = _loss_str0(r, cb)
+    if getattr(cb, 'class_eps', None) == 'robustlt': s += f"; RobustLT a {cb.robustlt_alpha:g}, b {cb.robustlt_beta:g}"
+    return s
+
+def _loss_str0(r, cb):
     m = r['method']
     if cb is None: return 'cross-entropy on clean inputs'
     if m == 'pgd_at': return 'cross-entropy' if cb.lt_name is None else f"cross-entropy replaced by {cb.lt_name!r} ({cb.loss_on})"
@@ -500,6 +603,8 @@ def _loss_str(r, cb):
     if m == 'self_distill':
         return (f"balanced softmax + distillation from a balanced teacher ({cb.teacher_epochs} epochs, batch {cb.teacher_bs}, "
                 f"lr {cb.teacher_lr:g}); alpha_kd {cb.alpha_kd:g}, alpha_igdm {cb.alpha_igdm:g}")
+    if m == 'taet':
+        return (f"cross-entropy for {cb.ce_epochs} epochs, then HARL: a {cb.taet_alpha:g}, b {cb.taet_beta:g}, g {cb.taet_gamma:g}")
     return type(cb).__name__
 
 def protocol(name) -> dict:

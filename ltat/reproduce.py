@@ -89,9 +89,10 @@ TABLES = {
         _row('Class-aware margin (LDAM)', 'robal-table1', method_kw=dict(loss='ldam', loss_kw=dict(s=1.))),
         _row('Cosine with margin', 'robal-table1', arch_kw=dict(head='cosine', scale=1., gamma=0.), method_kw=dict(loss='cos_margin')),
         _row('Class-aware temperature (CDT)', 'robal-table1', method_kw=dict(loss='cdt')),
-        _row('Class-aware bias (LA)', 'robal-table1', method_kw=dict(loss='la')),
-        # the official focal config warms up for 5 epochs under the compounding decay
-        _row('Hard-example mining (focal)', 'robal-table1', method_kw=dict(loss='sigmoid_focal'),
+        # the official LA config trains a dot-product head: `nn.Linear` whose bias keeps its random start (`Dot_Classifier`)
+        _row('Class-aware bias (LA)', 'robal-table1', method_kw=dict(loss='la'), arch_kw=dict(train_bias=False)),
+        # the official focal config warms up for 5 epochs under the compounding decay and starts the bias at the prior
+        _row('Hard-example mining (focal)', 'robal-table1', method_kw=dict(loss='sigmoid_focal'), arch_kw=dict(bias_init='prior'),
              schedule=dict(milestones=(60, 75), gamma=0.1, compounding=True, warmup=5)),
         _row('Re-sampling', 'robal-table1', epochs=25, schedule=dict(milestones=(15, 20), gamma=0.1, compounding=True),
              method_kw=dict(sampler='class_aware')),
@@ -118,6 +119,23 @@ TABLES = {
 def list_tables():
     "Names of the tables `ltat reproduce` knows"
     return sorted(TABLES)
+
+# %% ../nbs/18_reproduce.ipynb #073a5636
+TABLES['fmnist'] += [
+    _fm('PGD-AT + RobustLT', method_kw=dict(class_eps='robustlt')),
+    _fm('AT-BSL + RobustLT', method='at_bsl', method_kw=dict(class_eps='robustlt')),
+    _fm('TAET', method='taet', method_kw=dict(ce_epochs=2)),
+]
+TABLES['fmnist_more'] = [
+    _fm('PGD-AT'), _fm('TRADES', method='trades'), _fm('TRADES + RobustLT', method='trades', method_kw=dict(class_eps='robustlt')),
+    _fm('TAET', method='taet', method_kw=dict(ce_epochs=2)),
+    _fm('TAET + RobustLT', method='taet', method_kw=dict(ce_epochs=2, class_eps='robustlt')),
+]
+TABLES['robustlt-cifar10'] = [
+    _row('PGD-AT', 'pgd_at-rlt-cifar10-lt'), _row('PGD-AT + RobustLT', 'robustlt-pgd_at-cifar10-lt'),
+    _row('AT-BSL', 'at_bsl-rlt-cifar10-lt'), _row('AT-BSL + RobustLT', 'robustlt-at_bsl-cifar10-lt'),
+    _row('TAET', 'taet-rlt-cifar10-lt'), _row('TAET + RobustLT', 'robustlt-taet-cifar10-lt'),
+]
 
 # %% ../nbs/18_reproduce.ipynb #d00f46d5
 def _recipe(row):
@@ -183,7 +201,7 @@ def _run_post(row, out, rows_done, quick, progress):
     dls = lt_dls(r['dataset'], r['ir'], profile=r['profile'], bs=r['bs'], seed=r['seed'], subset_seed=r.get('subset_seed', 0),
                  download=False, **(r.get('data_kw') or {}))
     arch_kw = dict(r.get('arch_kw', {}))
-    model = create_model(r['arch'], dls.n_classes, in_ch=dls.in_ch, **arch_kw).to(dls.device)
+    model = create_model(r['arch'], dls.n_classes, in_ch=dls.in_ch, counts=dls.counts, **arch_kw).to(dls.device)
     load_weights(model, base_out / 'last.pth')
     kind, what = row['post']
     if kind == 'finetune':

@@ -12,9 +12,10 @@ import numpy as np, torch, torch.nn as nn
 from fastcore.basics import store_attr
 from fastai.data.core import DataLoaders
 from .core import check_choice, is_main_process
-from .data import TensorDS, TensorDL, balanced_indices
+from .data import TensorDS, TensorDL, balanced_indices, dataset_labels, subset_dl
 from .losses import bsl_loss, kl_div, igdm_loss
 from .learner import AdvTrain, register_method, adv_learner
+from .fast import distrib_fit_ctx
 
 # %% auto #0
 __all__ = ['balanced_subset', 'fresh_copy', 'freeze', 'balanced_dls', 'train_teacher', 'self_distill_loss', 'SelfDistillTrain']
@@ -47,15 +48,14 @@ def freeze(model):
     return model
 
 def balanced_dls(dls, gamma=None, bs:int=32, seed:int=0):
-    "DataLoaders of D_B (training) and `dls.valid`, with the training loader's augmentation"
+    "DataLoaders of D_B (training) and `dls.valid`, with the training loader's transforms and augmentation; any labelled training set"
     tr = dls.train
-    if not isinstance(tr, TensorDL):
-        raise ValueError(f"the balanced teacher set is drawn from a TensorDL (ltat.data.lt_dls); got {type(tr).__name__}")
-    ds = tr.dataset
-    idx = torch.as_tensor(balanced_subset(ds.y, gamma, seed), device=ds.y.device)
-    dl = TensorDL(TensorDS(ds.x[idx], ds.y[idx]), bs=min(bs, len(idx)), shuffle=True, drop_last=True, pad=tr.pad, flip=tr.flip, seed=seed)
+    y = dataset_labels(tr.dataset)                                   # TensorDS, fastai Datasets, torchvision or any (x, y) dataset
+    idx = balanced_subset(y, gamma, seed)
+    dl = subset_dl(tr, idx, bs=min(bs, len(idx)), shuffle=True, drop_last=True, **(dict(seed=seed) if isinstance(tr, TensorDL) else {}))
     out = DataLoaders(dl, dls.valid, device=getattr(dls, 'device', None))
-    out.counts, out.n_classes, out.c = np.bincount(ds.y[idx].cpu().numpy()).tolist(), getattr(dls, 'n_classes', None), getattr(dls, 'c', None)
+    C = getattr(dls, 'n_classes', None) or getattr(dls, 'c', None)
+    out.counts, out.n_classes, out.c = np.bincount(y[idx], minlength=C or 0).tolist(), getattr(dls, 'n_classes', None), getattr(dls, 'c', None)
     return out
 
 def train_teacher(dls, model, epochs:int=30, bs:int=32, lr:float=0.1, gamma=None, sched='constant', seed:int=0, **kwargs):
@@ -63,7 +63,7 @@ def train_teacher(dls, model, epochs:int=30, bs:int=32, lr:float=0.1, gamma=None
     check_choice(sched, ('constant', 'one_cycle'), 'teacher_sched')
     t = fresh_copy(model, seed)
     tl = adv_learner(balanced_dls(dls, gamma, bs, seed), t, method='pgd_at', robust_metric=False, **kwargs)
-    with tl.no_bar(), tl.no_logging():
+    with tl.no_bar(), tl.no_logging(), distrib_fit_ctx(tl):   # data-parallel under torchrun: the same teacher on every rank
         tl.fit(epochs, lr) if sched == 'constant' else tl.fit_one_cycle(epochs, lr)
     return freeze(tl.model)
 

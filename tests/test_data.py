@@ -42,10 +42,12 @@ def write_cifar10(root, per_class_batch=4, test_per_class=3):
     def batch(n):
         labels = [c for _ in range(n) for c in range(10)]
         data = np.stack([cifar_image(c, k) for k, c in enumerate(labels)]).reshape(len(labels), 3072)
-        return {b'batch_label': b'x', b'labels': labels, b'data': data, b'filenames': [b'f.png'] * len(labels)}
+        return {'batch_label': 'x', 'labels': labels, 'data': data, 'filenames': ['f.png'] * len(labels)}
+    # str keys, protocol 2: what the official Python 2 pickles give when read back with encoding='latin1' (as torchvision does)
     for i in range(1, 6):
-        with open(d / f'data_batch_{i}', 'wb') as f: pickle.dump(batch(per_class_batch), f)
-    with open(d / 'test_batch', 'wb') as f: pickle.dump(batch(test_per_class), f)
+        with open(d / f'data_batch_{i}', 'wb') as f: pickle.dump(batch(per_class_batch), f, protocol=2)
+    with open(d / 'test_batch', 'wb') as f: pickle.dump(batch(test_per_class), f, protocol=2)
+    with open(d / 'batches.meta', 'wb') as f: pickle.dump({'label_names': [f'c{k}' for k in range(10)], 'num_vis': 3072}, f, protocol=2)
 
 
 def write_cifar100(root, train_per_class=3, test_per_class=1):
@@ -54,8 +56,10 @@ def write_cifar100(root, train_per_class=3, test_per_class=1):
         fine = [c for _ in range(n) for c in range(100)]
         data = np.stack([cifar_image(c % 100, 0) for c in fine]).reshape(len(fine), 3072)
         with open(d / name, 'wb') as f:
-            pickle.dump({b'filenames': [b'a'] * len(fine), b'fine_labels': fine, b'coarse_labels': [c // 5 for c in fine],
-                         b'data': data}, f)
+            pickle.dump({'filenames': ['a'] * len(fine), 'fine_labels': fine, 'coarse_labels': [c // 5 for c in fine],
+                         'data': data}, f, protocol=2)
+    with open(d / 'meta', 'wb') as f:
+        pickle.dump({'fine_label_names': [f'f{k}' for k in range(100)], 'coarse_label_names': [f'c{k}' for k in range(20)]}, f, protocol=2)
 
 
 def idx_bytes(arr, magic):
@@ -94,7 +98,7 @@ def write_tiny(root, wnids=('n01443537', 'n01629819', 'n01641577'), per_class=4,
 # ---------------------------------------------------------------------------------------------- formats
 def test_cifar10_pickles(tmp_path):
     write_cifar10(tmp_path)
-    dls = lt_dls('cifar10', ir=10, bs=8, path=tmp_path, download=False, device='cpu')
+    dls = lt_dls('cifar10', ir=10, bs=8, path=tmp_path, download=False, device='cpu', verify=False)   # our files: not the official md5
     counts = lt_counts(20, 10, 10)
     x, y = check_dls(dls, 10, 3, 32, counts)
     # the pixels belong to their label (red plane = 2*label) and the planes are not transposed (blue is a ramp)
@@ -110,7 +114,7 @@ def test_cifar10_pickles(tmp_path):
 
 def test_cifar100_pickles(tmp_path):
     write_cifar100(tmp_path)
-    dls = lt_dls('cifar100', ir=3, bs=16, path=tmp_path, download=False, device='cpu')
+    dls = lt_dls('cifar100', ir=3, bs=16, path=tmp_path, download=False, device='cpu', verify=False)
     x, y = check_dls(dls, 100, 3, 32, lt_counts(3, 100, 3))
     assert torch.allclose(x[:, 0, 0, 0] * 255, (y * 2).float())
     assert len(dls.test.dataset) == 100
@@ -194,11 +198,35 @@ def test_svhn_mat(tmp_path):
     for split, n in (('train', 5), ('test', 2)):
         y = np.tile(np.arange(1, 11), n)                       # SVHN labels 1..10, 10 = digit 0
         X = np.zeros((32, 32, 3, len(y)), np.uint8); X[:, :, 0, :] = (y % 10) * 20
+        X[:, :, 1, :] = (np.arange(32, dtype=np.uint8) * 8)[None, :, None]   # green: a ramp along the columns (W)
         sio.savemat(tmp_path / f'{split}_32x32.mat', {'X': X, 'y': y[:, None].astype(np.uint8)})
-    dls = lt_dls('svhn', ir=5, bs=4, path=tmp_path, download=False, device='cpu')
+    dls = lt_dls('svhn', ir=5, bs=4, path=tmp_path, download=False, device='cpu', verify=False)
     x, y = check_dls(dls, 10, 3, 32, lt_counts(5, 10, 5))
     assert torch.allclose(x[:, 0, 16, 16] * 255, (y * 20).float())   # label 10 became 0 together with its image
+    tx, _ = all_batches(dls.test)
+    assert torch.allclose(tx[0, 1, 5] * 255, torch.arange(32.) * 8)   # rows and columns not swapped
     assert dls.augment == dict(pad=4, flip=False)
+    # torchvision's md5 check: our file is not the official one, and says how to get it
+    with pytest.raises(CorruptFileError, match=r"train_32x32.mat failed torchvision's md5 check(.|\n)*housenumbers"):
+        lt_dls('svhn', ir=5, bs=4, path=tmp_path, download=False)
+    (tmp_path / 'test_32x32.mat').unlink()
+    with pytest.raises(FileNotFoundError, match=r'test_32x32.mat(.|\n)*Looked in(.|\n)*To get it'):
+        lt_dls('svhn', ir=5, bs=4, path=tmp_path, download=False, verify=False)
+
+
+def test_cifar_integrity_and_missing_files(tmp_path):
+    "torchvision's md5 check names the files that are not the official ones; a missing file names where ltat looked"
+    write_cifar10(tmp_path)
+    with pytest.raises(CorruptFileError, match=r"data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5, "
+                                               r"test_batch, batches.meta in .* failed torchvision's md5 check(.|\n)*cifar-10-python.tar.gz"):
+        lt_dls('cifar10', ir=10, bs=8, path=tmp_path, download=False)
+    raw = (tmp_path / 'cifar-10-batches-py' / 'data_batch_3').read_bytes()
+    (tmp_path / 'cifar-10-batches-py' / 'data_batch_3').write_bytes(raw[:200])          # a cut pickle
+    with pytest.raises(CorruptFileError, match='not readable CIFAR pickles'):
+        lt_dls('cifar10', ir=10, bs=8, path=tmp_path, download=False, verify=False)
+    (tmp_path / 'cifar-10-batches-py' / 'batches.meta').unlink()
+    with pytest.raises(FileNotFoundError, match=r'batches.meta(.|\n)*cifar-10-batches-py(.|\n)*To get it'):
+        lt_dls('cifar10', ir=10, bs=8, path=tmp_path, download=False, verify=False)
 
 
 def test_synthetic_fastai_learner(tmp_path):
@@ -218,7 +246,7 @@ def test_subset_seed_is_not_the_run_seed(tmp_path):
     "The official codes draw the subset with seed 0 whatever the run's seed: `seed` moves only the batches"
     write_cifar10(tmp_path, per_class_batch=20)                 # 100 images per class
     full_y = np.tile(np.arange(10), 100)
-    mk = lambda **kw: lt_dls('cifar10', ir=10, bs=8, path=tmp_path, download=False, device='cpu', **kw)
+    mk = lambda **kw: lt_dls('cifar10', ir=10, bs=8, path=tmp_path, download=False, device='cpu', verify=False, **kw)
     runs = [mk(seed=s) for s in (0, 1, 7)]
     for d in runs:
         assert (d.train_idx == lt_indices(full_y, d.counts, 0)).all() and (d.subset_seed, d.counts) == (0, lt_counts(100, 10, 10))
@@ -380,3 +408,102 @@ def test_bs_larger_than_dataset():
 
 def test_valid_holdout_needs_n_holdout():
     with pytest.raises(ValueError, match='n_holdout'): lt_dls('synthetic', ir=10, valid='holdout')
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet-LT, Tiny-ImageNet-LT
+def write_imagenet_lt(root, counts=(6, 3, 1), n_val=2, n_test=2):
+    "ImageNet in miniature (train/<wnid>/, val/<wnid>/, solid colours, varied sizes) and OLTR's three lists over it"
+    from PIL import Image
+    wnids, colours = ['n01440764', 'n01443537', 'n01484850'], [(220, 20, 20), (20, 220, 20), (20, 20, 220)]
+    lines = {'train': [], 'val': [], 'test': []}
+    for c, (w, col) in enumerate(zip(wnids, colours)):
+        for split, sub, n in (('train', 'train', counts[c] + n_val), ('test', 'val', n_test)):
+            d = root / sub / w; d.mkdir(parents=True, exist_ok=True)
+            for j in range(n):
+                name = f'{w}_{j}.JPEG' if sub == 'train' else f'ILSVRC2012_val_{c:04d}{j:04d}.JPEG'
+                Image.new('RGB', (50 + 9 * j, 36 + 4 * c), col).save(d / name)
+                lines['val' if sub == 'train' and j >= counts[c] else split].append(f'{sub}/{w}/{name} {c}')
+    for s, ls in lines.items(): (root / f'ImageNet_LT_{s}.txt').write_text('\n'.join(ls) + '\n')
+    return wnids
+
+
+def test_imagenet_lt_lists(tmp_path):
+    from ltat.data import imagenet_lt_dls, read_lt_list
+    wnids = write_imagenet_lt(tmp_path)
+    dls = imagenet_lt_dls(tmp_path, bs=2, size=32, num_workers=0, device='cpu')
+    assert (dls.counts, dls.n_classes, list(dls.vocab), dls.valid_split) == ([6, 3, 1], 3, wnids, 'test')
+    xb, yb = dls.one_batch()
+    assert xb.shape == (2, 3, 32, 32) and 0 <= xb.min() and xb.max() <= 1
+    assert (xb[:, :, 16, 16].argmax(1) == yb).all()                      # the pixels belong to their label
+    x, y = zip(*dls.test)
+    assert torch.cat(y).tolist() == [0, 0, 1, 1, 2, 2] and torch.cat(x).shape == (6, 3, 32, 32)
+    dv = imagenet_lt_dls(tmp_path, bs=2, size=32, valid='val', num_workers=0, device='cpu')
+    assert len(dv.valid.dataset) == 6 and dv.loaders[2] is dv.test and dv.holdout is dv.valid
+    files, labels = read_lt_list(tmp_path / 'ImageNet_LT_train.txt')
+    assert files[0] == tmp_path / 'train' / wnids[0] / f'{wnids[0]}_0.JPEG' and labels.tolist() == [0] * 6 + [1] * 3 + [2]
+    (tmp_path / 'abs.txt').write_text('/train/n01440764/n01440764_0.JPEG 0\n')   # OLTR: a leading '/' is appended to the root
+    assert read_lt_list(tmp_path / 'abs.txt', tmp_path)[0][0] == Path(str(tmp_path) + '/train/n01440764/n01440764_0.JPEG')
+    (tmp_path / 'bad.txt').write_text('a.JPEG 0\nb.JPEG zero\n')
+    with pytest.raises(CorruptFileError, match='line 2'): read_lt_list(tmp_path / 'bad.txt')
+    (tmp_path / 'train' / wnids[2] / f'{wnids[2]}_0.JPEG').unlink()
+    with pytest.raises(FileNotFoundError, match='1 of the 10 images of ImageNet_LT_train.txt are missing'):
+        imagenet_lt_dls(tmp_path, num_workers=0)
+    with pytest.raises(FileNotFoundError, match=r'ImageNet_LT_train.txt(.|\n)*Looked in(.|\n)*OpenLongTailRecognition-OLTR'):
+        imagenet_lt_dls(tmp_path / 'none', num_workers=0)
+
+
+def test_tiny_imagenet_lt_as_robustlt(tmp_path):
+    "RobustLT's Tiny-ImageNet-LT: the first 20 classes, exp profile, one default_rng(seed) shuffling class by class"
+    from ltat.data import tiny_imagenet_lt_dls, robustlt_split
+    from PIL import Image
+    base = tmp_path / 'tiny-imagenet-200'
+    wn = [f'n{k:08d}' for k in range(22)]
+    for k, w in enumerate(wn):
+        d = base / 'train' / w / 'images'; d.mkdir(parents=True)
+        for j in range(6): Image.new('RGB', (64, 64), (10 * k, 30 * j, 0)).save(d / f'{w}_{j}.JPEG')
+    (base / 'val' / 'images').mkdir(parents=True)
+    (base / 'val' / 'val_annotations.txt').write_text(''.join(f'v{k}.JPEG\t{w}\t0\t0\t1\t1\n' for k, w in enumerate(wn)))
+    for k in range(22): Image.new('RGB', (64, 64), (10 * k, 0, 0)).save(base / 'val' / 'images' / f'v{k}.JPEG')
+    dls = tiny_imagenet_lt_dls(tmp_path, ir=6, bs=4, device='cpu')
+    want = [int(6. * (1 / 6) ** (i / 19)) for i in range(20)]
+    assert dls.counts == want and want[0] == 6 and want[-1] == 1
+    # independent: the loop of RobustLT's `_generate_splits`, train part then validation part
+    rng, tr, va = np.random.default_rng(102), [], []
+    for c, n in enumerate(want):
+        idx = np.arange(120)[np.repeat(np.arange(20), 6) == c]; rng.shuffle(idx)
+        tr += list(idx[:n - int(n * 0.2)]); va += list(idx[n - int(n * 0.2):n])
+    assert dls.train_idx.tolist() == tr + va
+    x, y = all_batches(dls.train)
+    assert torch.allclose(x[:, 0, 3, 3] * 255, (y * 10).float(), atol=3)      # JPEG: close to 10 * class
+    assert all_batches(dls.test)[1].tolist() == list(range(20))                 # val images of the 20 kept classes only
+    other = tiny_imagenet_lt_dls(tmp_path, ir=6, bs=4, device='cpu', seed=103)
+    assert other.counts == want and other.train_idx.tolist() != dls.train_idx.tolist()
+    assert tuple(map(len, robustlt_split(np.repeat(np.arange(20), 6), want, 102))) == (len(tr), len(va))
+    # the first 20 classes through `lt_dls` too: LDAM-DRW's draw over them (AT-BSL's protocol on RobustLT's classes)
+    ldam = lt_dls('tiny_imagenet', ir=6, n_classes=20, bs=4, path=tmp_path, download=False, device='cpu')
+    assert ldam.counts == lt_counts(6, 20, 6) and (ldam.train_idx == lt_indices(np.repeat(np.arange(20), 6), ldam.counts, 0)).all()
+    assert list(ldam.vocab) == wn[:20] and len(ldam.test.dataset) == 20
+
+
+def test_imagenet64_lt_as_robustlt(tmp_path):
+    "RobustLT's ImageNet-LT: Downsampled ImageNet 64x64 npz batches, labels 1..20 kept as 0..19, RobustLT's draw"
+    from ltat.data import imagenet64_lt_dls, read_imagenet64, robustlt_split
+    def batch(labels):
+        planes = np.zeros((len(labels), 3, 64, 64), np.uint8)
+        planes[:, 0] = (labels * 10)[:, None, None]; planes[:, 2] = np.arange(64, dtype=np.uint8)[None, :, None] * 4  # blue: a ramp down the rows
+        return dict(data=planes.reshape(len(labels), -1), labels=labels)
+    lab = np.tile(np.arange(1, 24), 3)                                   # 23 classes, 3 per batch file
+    for b in range(1, 11): np.savez(tmp_path / f'train_data_batch_{b}.npz', **batch(lab))
+    np.savez(tmp_path / 'val_data.npz', **batch(np.arange(1, 24)))
+    dls = imagenet64_lt_dls(tmp_path, ir=10, bs=4, device='cpu')
+    want = [int(30. * 0.1 ** (i / 19)) for i in range(20)]
+    assert dls.counts == want and (dls.n_classes, dls.img_size) == (20, 64)
+    y_all = np.tile(np.arange(20), 30)
+    assert dls.train_idx.tolist() == np.concatenate(robustlt_split(y_all, want, 102)).tolist()
+    x, y = all_batches(dls.train)
+    assert torch.allclose(x[:, 0, 9, 9] * 255, ((y + 1) * 10).float()) and torch.allclose(x[0, 2, :, 3] * 255, torch.arange(64.) * 4)
+    assert all_batches(dls.test)[1].tolist() == list(range(20))
+    (tmp_path / 'train_data_batch_7.npz').unlink()
+    with pytest.raises(FileNotFoundError, match=r'train_data_batch_7.npz(.|\n)*Downsampled ImageNet'): read_imagenet64(tmp_path)
+    (tmp_path / 'train_data_batch_7.npz').write_bytes(b'not an npz')
+    with pytest.raises(CorruptFileError, match='train_data_batch_7.npz'): read_imagenet64(tmp_path)

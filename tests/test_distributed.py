@@ -1,96 +1,148 @@
-"Two gloo processes on 127.0.0.1 train the same tiny adv_learner as one process: counts and metrics must match."
-import os, socket, importlib.util
+"""Data-parallel training on DistributedDataParallel: 2 gloo processes against 1 on the same global batch give the same
+weights, counts and metrics for every method; `ltat train` under `torchrun --nproc_per_node 2` writes one set of outputs."""
+import os, sys, json, subprocess, warnings
+from pathlib import Path
 import pytest, torch, torch.nn as nn
 import torch.distributed as dist, torch.multiprocessing as mp
 from fastai.callback.core import Callback
 from ltat.core import dist_sum
 from ltat.data import lt_dls
-import ltat.all   # registers every method of every chapter
+import ltat.all, ltat.attacks   # ltat.all registers every method of every chapter
 from ltat.learner import adv_learner, AdvTrain, RobustAccuracy
 from ltat.fast import distrib_fit_ctx, DistribTrain
 
 torch.set_num_threads(1)
 N_CLS, EPOCHS = 4, 2
+METHODS = ('pgd_at', 'trades', 'reat', 'robal', 'self_distill')
+ROOT = Path(__file__).resolve().parents[1]
 
 class AdvPredCounts(Callback):
-    "Toy method state (as REAT's): per-class counts of adversarial predictions, per shard, summed at epoch end"
+    "Toy method state: per-class counts of predictions on the training shard, summed at epoch end (ltat's convention)"
     order, run_valid = AdvTrain.order + 1, False
     def __init__(self, n_classes): self.n_classes, self.history = n_classes, []
     def before_train(self): self.acc = torch.zeros(self.n_classes, dtype=torch.long)
     def after_pred(self): self.acc += torch.bincount(self.learn.pred.argmax(1), minlength=self.n_classes)
     def after_train(self): self.history.append(dist_sum(self.acc.clone()))
-    def state_dict(self): return {'history': [h.clone() for h in self.history]}
-    def load_state_dict(self, d): self.history = [h.clone() for h in d['history']]
-
-HAS_REAT = importlib.util.find_spec('ltat.reat') is not None
-METHODS = ('pgd_at', 'reat') if HAS_REAT else ('pgd_at',)
 
 class Tiny(nn.Module):
-    "No BatchNorm (its statistics are per process on CPU; SyncBatchNorm is GPU-only); a `.head` as REAT needs"
+    "No BatchNorm (per-process batch statistics legitimately differ; SyncBatchNorm is GPU-only); a `.head` as REAT needs"
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
         self.head = nn.Linear(8 * 16, N_CLS)
     def forward(self, x): return self.head(self.body(x))
 
-def _train(method='pgd_at'):
-    "The same tiny run in every process: deterministic PGD (init 'none') so shards and whole batches see the same attack"
-    dls = lt_dls('synthetic', 2, bs=16, in_ch=1, img_size=8, n_classes=N_CLS, n_per_class=32, n_test=8, device='cpu')
+def _det_init(x, eps, init):
+    "The attacks' random starts, drawn per image from its own pixels: a share of a batch starts where the whole batch does"
+    if init == 'none': return x.clone()
+    pos = torch.arange(x[0].numel(), dtype=x.dtype, device=x.device).view_as(x[0])
+    u = (torch.sin(x * 12.9898 + pos * 78.233) * 43758.5453).remainder(1.0)            # in [0, 1), a function of the image
+    d = {'uniform': (2 * u - 1) * eps, 'normal': 0.001 * (2 * u - 1), 'onesided': eps * u}[init]
+    return (x + d).clamp(0, 1)
+
+def _method_kw(method, tmp):
+    kw = {}
+    if method == 'reat': kw['tail'] = False          # TAIL's per-batch feature statistics differ per share (as BatchNorm's)
+    if method == 'self_distill': kw.update(teacher_epochs=1, teacher_bs=8, teacher_dir=tmp)
+    return kw
+
+def _train(method, tmp):
+    "The same tiny run in every process, inside `distrib_fit_ctx` (DDP over the initialised group)"
+    ltat.attacks._init = _det_init     # each method keeps its own start ('uniform', TRADES' 'normal', RoBal's 'onesided')
+    dls = lt_dls('synthetic', 2, bs=16, in_ch=1, img_size=8, n_classes=N_CLS, n_per_class=32, n_test=9, device='cpu',
+                 augment=False)   # augmentation draws per rank (its own stream): off, so both runs see the same images
     torch.manual_seed(0)
     counts = AdvPredCounts(N_CLS)
-    # REAT: TAIL off, its per-batch feature statistics differ between a shard and the whole batch (like BatchNorm)
-    mkw = dict(tail=False) if method == 'reat' else {}
-    learn = adv_learner(dls, Tiny(), method=method, steps=2, init='none', robust_metric=False, fast=False, cbs=counts,
-                        metrics=RobustAccuracy(steps=2, init='none'), **mkw)
-    with learn.no_bar(), learn.no_logging(), distrib_fit_ctx(learn): learn.fit(EPOCHS, 0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')              # RoBal's advice to use a cosine head
+        learn = adv_learner(dls, Tiny(), method=method, steps=2, robust_metric=False, fast=False, cbs=counts,
+                            metrics=RobustAccuracy(steps=2, init='none'), **_method_kw(method, tmp))
+        with learn.no_bar(), learn.no_logging(), distrib_fit_ctx(learn): learn.fit(EPOCHS, 0.05)
     reat = [c for c in learn.cbs if type(c).__name__ == 'REATTrain']
     return dict(values=[[float(v) for v in vs] for vs in learn.recorder.values], counts=torch.stack(counts.history),
                 weights=torch.cat([p.detach().flatten() for p in learn.model.parameters()]),
                 ae_counts=reat[0].ae_counts.detach().cpu().clone() if reat else None,
-                n_train=len(dls.train) * dls.train.bs, had_cb=any(isinstance(c, DistribTrain) for c in learn.cbs))
+                n_train=len(dls.train) * dls.train.bs, n_valid=len(dls.valid.dataset),
+                had_cb=any(isinstance(c, DistribTrain) for c in learn.cbs), is_module=type(learn.model) is Tiny)
 
-def _worker(rank, world, port, out):
-    # what torchrun sets: fastai reads WORLD_SIZE/RANK too, so this also exercises its gather path (ShardDL disables it)
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+# `ltat train` on both sides: small and quick, accuracy well above chance (10 classes) after 2 epochs
+TRAIN_ARGS = ['train', '--data', 'synthetic', '--ir', '10', '--epochs', '2', '--bs', '32', '--steps', '2', '--select-steps', '0',
+              '--attacks', 'clean', '--lr', '0.05', '--quiet']
+
+def _rank_methods(rank, out):
+    "One of 2 processes (started by `torch.multiprocessing.spawn`): every method over a gloo group of 2"
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method='env://', rank=rank, world_size=world)
-    try: torch.save({m: _train(m) for m in METHODS}, f'{out}/rank{rank}.pt')
+    # a file store: no TCP port to pick, so no port another program could take in between
+    dist.init_process_group('gloo', init_method=f'file://{out}/store2', rank=rank, world_size=2)
+    try: res = {m: _train(m, f'{out}/teacher{rank}') for m in METHODS}
     finally: dist.destroy_process_group()
-
-def _free_port():
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+    torch.save(res, f'{out}/rank{rank}.pt')
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp('dist')
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return {m: _train(m) for m in METHODS}, [torch.load(f'{out}/rank{r}.pt') for r in range(2)]
+    mp.spawn(_rank_methods, args=(str(out),), nprocs=2, join=True)
+    # the reference: one process, the same global batch and the same sampler order (a group of one)
+    dist.init_process_group('gloo', init_method=f'file://{out}/store1', rank=0, world_size=1)
+    try: single = {m: _train(m, str(out / 'teacher_single')) for m in METHODS}
+    finally: dist.destroy_process_group()
+    # `ltat train` as users run it: the command under `torchrun --standalone` (torchrun picks its own free port)
+    torchrun, ltat_bin = (str(Path(sys.executable).with_name(n)) for n in ('torchrun', 'ltat'))
+    with open(out / 'torchrun.log', 'w') as log:
+        r = subprocess.run([torchrun, '--standalone', '--nproc_per_node', '2', ltat_bin, *TRAIN_ARGS, '--out', str(out / 'two')],
+                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                           env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600)
+    stdout = (out / 'torchrun.log').read_text()
+    assert r.returncode == 0, stdout[-6000:]
+    from ltat.cli import main
+    assert main([*TRAIN_ARGS, '--out', str(out / 'one')]) == 0               # `ltat train` in one process
+    return single, [torch.load(f'{out}/rank{r}.pt') for r in range(2)], out, stdout
 
-def _pick(runs, m='pgd_at'): single, (r0, r1) = runs; return single[m], (r0[m], r1[m])
+def _pick(runs, m): single, (r0, r1), *_ = runs; return single[m], (r0[m], r1[m])
 
-def test_counts_equal_single_process(runs):
-    single, (r0, r1) = _pick(runs)
-    assert single['counts'].sum(1).tolist() == [single['n_train']] * EPOCHS   # every training image counted once
-    assert torch.equal(r0['counts'], r1['counts'])                          # summed: every process holds the total
-    assert torch.equal(r0['counts'], single['counts'])
+@pytest.mark.parametrize('method', METHODS)
+def test_weights_equal_single_process(runs, method):
+    single, (r0, r1) = _pick(runs, method)
+    assert torch.equal(r0['weights'], r1['weights'])                          # the processes stay in sync
+    d = (r0['weights'] - single['weights']).abs().max().item()
+    print(f"{method}: max |w_2proc - w_1proc| = {d:.2e}")
+    assert d < 1e-5, d                                                        # eq. (2): the whole batch's gradient
+    assert not (r0['weights'] == 0).all()
+    assert not single['had_cb'] and not r0['had_cb'] and r0['is_module']      # the context removes its callback and wrapper
 
-def test_metrics_equal_single_process(runs):
-    single, (r0, r1) = _pick(runs)
+@pytest.mark.parametrize('method', METHODS)
+def test_metrics_equal_single_process(runs, method):
+    single, (r0, r1) = _pick(runs, method)
     for r in (r0, r1):
         for vs, vd in zip(single['values'], r['values']):
-            # valid loss, accuracy, rob_acc (train loss, index 0, is each process's own share)
+            # valid loss, accuracy, rob_acc; train loss (index 0) is fastai's smoothed loss, all-gathered per batch
             for a, b in zip(vs[1:], vd[1:]): assert abs(a - b) < 1e-5, (single['values'], r['values'])
 
-def test_weights_equal_single_process(runs):
-    single, (r0, r1) = _pick(runs)
-    assert torch.equal(r0['weights'], r1['weights'])                      # processes stay in sync
-    assert torch.allclose(r0['weights'], single['weights'], atol=1e-5)    # averaged gradients = whole-batch gradient
-    assert not single['had_cb'] and not r0['had_cb']                        # the context removes its callback
+def test_counts_equal_single_process(runs):
+    single, (r0, r1) = _pick(runs, 'pgd_at')
+    assert single['counts'].sum(1).tolist() == [single['n_train']] * EPOCHS   # every training image counted once
+    assert torch.equal(r0['counts'], r1['counts']) and torch.equal(r0['counts'], single['counts'])
 
-@pytest.mark.skipif(not HAS_REAT, reason='ltat.reat not present')
 def test_reat_counts_equal_single_process(runs):
-    "REAT's adversarial-prediction counts (summed with dist_sum at epoch end) equal a single process's"
+    "REAT's adversarial-prediction counts (summed at epoch end) equal a single process's"
     single, (r0, r1) = _pick(runs, 'reat')
     assert single['ae_counts'].sum().item() == single['n_train']
     assert torch.equal(r0['ae_counts'], r1['ae_counts']) and torch.equal(r0['ae_counts'], single['ae_counts'])
-    assert torch.allclose(r0['weights'], single['weights'], atol=1e-5)
+
+def test_ltat_train_under_torchrun(runs):
+    "`ltat train` under torchrun: one set of outputs (rank 0), one evaluation, accuracy in line with one process"
+    *_, out, stdout = runs
+    two, one = sorted(p.name for p in (out / 'two').iterdir()), sorted(p.name for p in (out / 'one').iterdir())
+    assert two == one and 'last.pth' in two, (two, one)                      # no temporary file of a second writer either
+    assert stdout.count('[last checkpoint]') == 1, stdout[-3000:]             # rank 0 alone evaluates and prints
+    hist = (out / 'two' / 'history.csv').read_text().splitlines()
+    assert len(hist) == 1 + 2 and hist[0].startswith('epoch,'), hist          # one header, one line per epoch: one writer
+    acc = {k: json.loads((out / k / 'card_last.json').read_text()) for k in ('one', 'two')}
+    a = {k: _clean(v) for k, v in acc.items()}
+    print('clean accuracy, 1 vs 2 processes:', a)
+    assert min(a.values()) > 0.5 and abs(a['one'] - a['two']) < 0.15, a     # 10 classes: chance is 0.1
+
+def _clean(card):
+    "Overall clean accuracy of a result card"
+    return float(card['summary']['clean']['overall'])
+

@@ -144,3 +144,16 @@ def test_proc(tmp_path):
     errs = cd.check_proc(tmp_path, n_workers=1)
     assert len(errs) == 1 and "NameError: name 'helper' is not defined" in errs[0], errs
     # (the passing case is `make docs-check` on the real notebooks)
+
+def test_citations(tmp_path):
+    "The citations check finds notes and file ids outside the repository, in notebooks, modules and tests, and nothing else"
+    text = 'see methods.md §4.1 and the engineering notes §3, paper 000_f215f00d3062201b'  # citations-check: allow
+    assert cd.outside_citations(text) == ['methods.md', 'engineering notes', '000_f215f00d3062201b']  # citations-check: allow
+    assert cd.outside_citations('RoBal (CVPR 2021, arXiv 2104.02703), `methods/train_modes.py`, 98_references.ipynb') == []
+    (tmp_path / 'nbs').mkdir(); (tmp_path / 'ltat').mkdir(); (tmp_path / 'tests').mkdir()
+    _write(tmp_path / 'nbs' / 'a.ipynb', _nb(('md', 'As in ../shared/reference/style.md.')))  # citations-check: allow
+    (tmp_path / 'ltat' / 'm.py').write_text('x = 1  # see methods.md\n')  # citations-check: allow
+    (tmp_path / 'README.md').write_text('clean\n')
+    errs = cd.check_citations(tmp_path)
+    assert len(errs) == 3 and errs[0].startswith('nbs/a.ipynb') and 'ltat/m.py:1' in errs[2]
+    assert cd.check_citations(ROOT) == []

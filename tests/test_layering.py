@@ -6,8 +6,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / 'ltat'
 # from the bottom; a module may import from its own layer's earlier entries only where listed in SAME_LAYER
-LAYERS = [['core'], ['data', 'losses', 'attacks'], ['models'], ['learner'], ['fast'],
-          ['lt_at', 'baselines', 'robal', 'at_bsl', 'reat', 'srat', 'self_distill'],
+LAYERS = [['core'], ['data', 'losses', 'attacks', 'robustlt'], ['models'], ['test_utils'], ['learner'], ['fast'],
+          ['lt_at', 'baselines', 'robal', 'at_bsl', 'reat', 'srat', 'self_distill', 'taet'],
           ['evaluate', 'checkpoint', 'presets', 'experiment'], ['reproduce', 'bench'], ['all'], ['cli']]
 SAME_LAYER = {('srat', 'reat'), ('experiment', 'evaluate'), ('experiment', 'checkpoint'), ('experiment', 'presets')}
 LEVEL = {m: i for i, ms in enumerate(LAYERS) for m in ms}

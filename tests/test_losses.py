@@ -25,7 +25,7 @@ def test_bsl_and_la(batch):
 def test_cb_weights():
     w = cb_weights([5000] * 5 + [50] * 5)
     assert abs(w.sum().item() - 10) < 1e-4
-    assert 78.5 < (w[-1] / w[0]).item() < 79.5          # SRAT's "≈78" for Step-100 (methods.md §7)
+    assert 78.5 < (w[-1] / w[0]).item() < 79.5          # SRAT's "≈78" for Step-100 (SRAT paper, §4)
     assert torch.allclose(cb_weights(C50, 0.), torch.ones(10))
     with pytest.raises(ValueError, match='beta'): cb_weights(C50, 1.)
 

@@ -229,7 +229,7 @@ def test_splitter():
     assert sum(len(g) for g in groups) == len(list(m.parameters()))
 
 
-@pytest.mark.parametrize('bad', ['resnet50', 'ResNet-18', 'vit'])
+@pytest.mark.parametrize('bad', ['resnet_no_such', 'ResNet-18', 'vit'])     # resnet50 is a timm name
 def test_unknown_arch(bad):
     with pytest.raises(ValueError) as e: create_model(bad, 10)
     msg = str(e.value)
@@ -258,3 +258,73 @@ def test_bad_head_args():
     with pytest.raises(ValueError, match='scale'): CosineHead(8, 2, scale=0.)
     with pytest.raises(ValueError, match='gamma'): CosineHead(8, 2, gamma=-1.)
     with pytest.raises(ValueError, match='6n\\+4'): create_model('wrn34_10', 10, depth=33)
+
+
+# ---- timm backbones (optional dependency; the tiny models are built from random weights: nothing is downloaded)
+TINY_VIT = dict(img_size=32, patch_size=4, depth=2, embed_dim=48, num_heads=3)
+
+
+def test_timm_vit_with_cosine_head_and_normalisation():
+    "A DeiT through create_model: timm's pooled feature of the normalised image, ltat's cosine head on it"
+    import timm
+    from ltat.models import TimmBody
+    torch.manual_seed(0)
+    st = DATASET_STATS['cifar10']
+    m = create_model('deit_small_patch16_224', 10, head='cosine', **st, **TINY_VIT).eval()
+    assert isinstance(m.body, TimmBody) and isinstance(m.head, CosineHead) and isinstance(m.norm, Normalize)
+    assert m.feat_dim == 48 and m.arch == 'deit_small_patch16_224' and m.n_classes == 10
+    x = torch.rand(4, 3, 32, 32)
+    xn = (x - torch.tensor(st.mean).view(1, 3, 1, 1)) / torch.tensor(st.std).view(1, 3, 1, 1)
+    # an independent timm model with the same weights, fed the normalised image by hand
+    ref = timm.create_model('deit_small_patch16_224', num_classes=0, **TINY_VIT).eval()
+    ref.load_state_dict(m.body.net.state_dict())
+    with torch.no_grad():
+        f = m.features(x)
+        torch.testing.assert_close(f, ref(xn))
+        w = m.head.weight / (m.head.weight.norm(dim=1, keepdim=True) + 1 / 32)
+        torch.testing.assert_close(m(x), F.normalize(f, dim=1) @ w.t())        # RoBal's cosine head, written out
+    assert m(x).shape == (4, 10) and m(x).abs().max() <= 1
+
+
+def test_timm_backbone_trains_and_attacks():
+    "Every parameter gets a finite gradient, the input gets one (what PGD needs), and the splitter sees body and head"
+    from ltat.attacks import pgd
+    torch.manual_seed(0)
+    m = create_model('deit_tiny_patch16_224', 5, **TINY_VIT)
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 5, (4,))
+    F.cross_entropy(m(x), y).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+    m.eval()
+    xa = pgd(m, x, y, eps=8 / 255, alpha=2 / 255, steps=3)
+    assert (xa - x).abs().max() <= 8 / 255 + 1e-6 and not torch.equal(xa, x)
+    with torch.no_grad(): assert F.cross_entropy(m(xa), y) > F.cross_entropy(m(x), y)
+    body, head = lt_splitter(m)
+    assert len(body) + len(head) == len(list(m.parameters())) and head == list(m.head.parameters())
+
+
+def test_timm_names():
+    "ltat's names stay ltat's; 'timm:' forces timm; a CNN from timm on one-channel input; timm checks its own keywords"
+    import timm
+    from ltat.models import ResNet, TimmBody
+    assert isinstance(create_model('resnet18', 5).body, ResNet)
+    m = create_model('timm:resnet18', 5, in_ch=1)
+    assert isinstance(m.body, TimmBody) and isinstance(m.body.net, timm.models.resnet.ResNet) and m.feat_dim == 512
+    assert m(torch.rand(2, 1, 32, 32)).shape == (2, 5)
+    with pytest.raises(TypeError, match='no_such_option'): create_model('deit_tiny_patch16_224', 5, no_such_option=1, **TINY_VIT)
+    with pytest.raises(ValueError, match='timm'): create_model('resnet_no_such', 5)
+
+
+def test_timm_pretrained_weights_bring_their_normalisation(tmp_path):
+    "pretrained=True loads timm's weights (here a local file, no download) and normalises with the statistics they expect"
+    import timm
+    src = timm.create_model('deit_tiny_patch16_224', **TINY_VIT)
+    torch.save(src.state_dict(), tmp_path / 'w.pth')
+    m = create_model('deit_tiny_patch16_224', 10, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'w.pth')), **TINY_VIT)
+    sd = m.body.net.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in src.state_dict().items() if not k.startswith('head.'))
+    assert isinstance(m.norm, Normalize)
+    torch.testing.assert_close(m.norm.mean.flatten(), torch.tensor(timm.data.IMAGENET_DEFAULT_MEAN))
+    torch.testing.assert_close(m.norm.std.flatten(), torch.tensor(timm.data.IMAGENET_DEFAULT_STD))
+    m2 = create_model('deit_tiny_patch16_224', 10, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'w.pth')),
+                      mean=(0.5,) * 3, std=(0.25,) * 3, **TINY_VIT)                   # given statistics win
+    torch.testing.assert_close(m2.norm.mean.flatten(), torch.full((3,), 0.5))

@@ -51,6 +51,14 @@ def reat_lrs(lr, n_epoch):
         out.append(opt.param_groups[0]['lr']); opt.step(); sched.step()
     return out
 
+def multistep_lrs(lr, n_epoch, milestones):
+    "zhang-lilin/RobustLT @ 2d63979 train.py and BuhuiOK/TAET code/TAET_demo.ipynb: `MultiStepLR(milestones)`, stepped after every epoch"
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched, out = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1), []
+    for _ in range(n_epoch):
+        out.append(opt.param_groups[0]['lr']); opt.step(); sched.step()
+    return out
+
 def robal_lrs(lr, n_epoch, lr_decline=(60, 75), warmup_epochs=0):
     "wutong16/Adversarial_Long-Tail @ ab2f3a7, train.py `adjust_learning_rate`: the CURRENT rate times the decay, every epoch 1..n"
     cur, out = lr, []
@@ -83,6 +91,9 @@ OFFICIAL_LRS = {
     'mart-official-cifar10-lt': [mart_rule(0.01, e) for e in range(1, 121)],
     'awp-official-cifar10-lt': at_awp_lrs(0.1, 200),
     'trades_awp-official-cifar10-lt': [trades_awp_rule(0.1, e) for e in range(1, 201)],
+    **{n: multistep_lrs(0.1, 100, (75, 90)) for n in ('pgd_at-rlt-cifar10-lt', 'robustlt-pgd_at-cifar10-lt', 'at_bsl-rlt-cifar10-lt',
+                                                     'robustlt-at_bsl-cifar10-lt', 'taet-rlt-cifar10-lt', 'robustlt-taet-cifar10-lt',
+                                                     'taet-cifar10-lt')},
 }
 OWN_PRESETS = {'fmnist-lt'}      # ltat's own one-cycle CPU benchmark: no official schedule
 
@@ -188,8 +199,9 @@ def test_common_protocol_rows_say_so():
         assert '[UNCONFIRMED]' in s['note'] and "AT-BSL" in s['note']
 
 def test_no_outside_documents_cited():
-    src = (pathlib.Path(__file__).parents[1] / 'ltat' / 'presets.py').read_text()
-    assert 'methods.md' not in src and 'methods.md' not in repr(PRESETS)
+    import sys; sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / 'tools'))
+    from check_docs import outside_citations
+    assert outside_citations(repr(PRESETS)) == []
 
 def test_presets_imports_at_module_level():
     "presets sits above the method modules: no import inside `schedule_cbs`"

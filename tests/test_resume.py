@@ -1,35 +1,19 @@
-"Runs that survive faults: a run killed with SIGKILL and resumed ends with the same weights, bit for bit; NaN losses stop a run."
-import os, signal, subprocess, sys, time
+"Runs that survive faults: a run killed with SIGKILL and resumed (bar on or off, to a pipe or a terminal) ends with the same weights, bit for bit; NaN losses stop a run."
+import os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 
 torch.set_num_threads(1)
 LTAT = [sys.executable, '-c', 'import sys; from ltat.cli import main; sys.exit(main())']
 ARGS = ['train', '--data', 'synthetic', '--ir', '10', '--epochs', '4', '--bs', '32', '--steps', '2', '--lr', '0.05', '--width', '8',
-        '--attacks', 'clean', '--aa-n', '0', '--seed', '1', '--rob-batches', '1', '--quiet']
+        '--attacks', 'clean', '--aa-n', '0', '--seed', '1', '--rob-batches', '1']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
 
 def _epoch(p):
     try: return torch.load(p, weights_only=True)['epoch']
     except Exception: return None     # not written yet (the write itself is atomic: never a torn file)
 
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
-    ref, run = tmp_path / 'ref', tmp_path / 'run'
-    r = subprocess.run(LTAT + ARGS + ['--out', str(ref)], env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    p = subprocess.Popen(LTAT + ARGS + ['--out', str(run)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    t0, killed_at = time.time(), None
-    while time.time() - t0 < 300:
-        e = _epoch(run / 'last.pth')
-        if e is not None and e >= 1:
-            p.send_signal(signal.SIGKILL); killed_at = e; break
-        if p.poll() is not None: break
-        time.sleep(0.02)
-    p.wait(timeout=60)
-    assert p.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
-    assert killed_at is not None and _epoch(run / 'last.pth') < 4, 'killed after the last epoch: nothing left to resume'
-    r = subprocess.run(LTAT + ARGS + ['--out', str(run), '--resume'], env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+def _same_final_state(ref, run):
     a, b = torch.load(ref / 'last.pth', weights_only=True), torch.load(run / 'last.pth', weights_only=True)
     assert a['epoch'] == b['epoch'] == 4
     assert a['model'].keys() == b['model'].keys()
@@ -40,6 +24,64 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     assert torch.equal(a['rng']['torch'], b['rng']['torch'])
     hist = (run / 'history.csv').read_text().splitlines()
     assert sum(l.startswith('epoch') for l in hist) == 1, hist      # the resumed run appends, without a second header
+
+@pytest.fixture(scope='module')
+def killed(tmp_path_factory):
+    """An uninterrupted reference run, and the same run with its progress bar on (the default) killed with SIGKILL
+    after its first checkpoint: `(ref, killed_dir)`"""
+    d = tmp_path_factory.mktemp('resume')
+    ref, run = d / 'ref', d / 'killed'
+    r = subprocess.run(LTAT + ARGS + ['--quiet', '--out', str(ref)], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = subprocess.Popen(LTAT + ARGS + ['--out', str(run)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0, killed_at = time.time(), None
+    while time.time() - t0 < 300:
+        e = _epoch(run / 'last.pth')
+        if e is not None and e >= 1:
+            p.send_signal(signal.SIGKILL); killed_at = e; break
+        if p.poll() is not None: break
+        time.sleep(0.02)
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+    assert killed_at is not None and _epoch(run / 'last.pth') < 4, 'killed after the last epoch: nothing left to resume'
+    return ref, run
+
+def _copy(src, dst): shutil.copytree(src, dst); return dst
+
+def test_sigkill_then_resume_is_bitwise_identical(killed, tmp_path):
+    ref, run = killed[0], _copy(killed[1], tmp_path / 'run')
+    r = subprocess.run(LTAT + ARGS + ['--quiet', '--out', str(run), '--resume'], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _same_final_state(ref, run)
+
+def test_resume_with_progress_bar_redirected(killed, tmp_path):
+    "The default `ltat train` (bar on), output to a pipe: the bar used to fail in `before_epoch` (no `start_t`)"
+    ref, run = killed[0], _copy(killed[1], tmp_path / 'run')
+    r = subprocess.run(LTAT + ARGS + ['--out', str(run), '--resume'], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'start_t' not in r.stderr
+    _same_final_state(ref, run)
+
+def test_resume_with_progress_bar_in_a_terminal(killed, tmp_path):
+    "The same in a terminal (a pseudo-terminal), where fastprogress draws the bars"
+    import pty, threading
+    ref, run = killed[0], _copy(killed[1], tmp_path / 'run')
+    master, slave = pty.openpty()
+    p = subprocess.Popen(LTAT + ARGS + ['--out', str(run), '--resume'], env=ENV, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    def drain():                       # keep reading, or the child blocks on a full terminal buffer
+        while True:
+            try: b = os.read(master, 4096)
+            except OSError: break
+            if not b: break
+            chunks.append(b)
+    t = threading.Thread(target=drain, daemon=True); t.start()
+    rc = p.wait(timeout=600); t.join(timeout=10); os.close(master)
+    out = b''.join(chunks).decode(errors='replace')
+    assert rc == 0, out[-2000:]
+    assert 'Epoch 4/4' in out, out[-2000:]          # the bar was drawn, up to the last epoch
+    _same_final_state(ref, run)
 
 def test_resume_refuses_other_schedule_and_missing_checkpoint(tmp_path):
     from ltat.experiment import run_experiment

@@ -137,3 +137,25 @@ def test_robal_row_of_a_table(tmp_path):
                    meta=dict(row='RoBal-N', preset='fmnist-lt'), progress=False, verbose=False)
     card = json.loads((tmp_path / 'card_last.json').read_text())
     assert card['preset'] == 'fmnist-lt' and card['method_kw'] == {'preset': 'cifar10-n'} and card['method'] == 'robal'
+
+
+def test_table1_bias_rows(tmp_path):
+    "RoBal Table 1's focal row starts the bias at the class prior, the LA row never trains its bias (official configs)"
+    import torch
+    from ltat.experiment import run_experiment
+    from ltat.models import prior_bias
+    from ltat.reproduce import TABLES, _recipe
+    rows = {r['name']: _recipe(r) for r in TABLES['robal-table1'] if 'post' not in r}
+    assert rows['Hard-example mining (focal)']['arch_kw'] == dict(bias_init='prior')
+    assert rows['Class-aware bias (LA)']['arch_kw'] == dict(train_bias=False)
+    assert 'bias_init' not in rows['Vanilla FC']['arch_kw'] and 'train_bias' not in rows['Vanilla FC']['arch_kw']
+    # through the real run: a frozen bias that starts at the prior is the prior after training; a trained one moves
+    kw = dict(arch='small_cnn', epochs=1, steps=1, bs=32, attacks=('clean',), data_kw=dict(in_ch=1, img_size=12, n_per_class=40, n_test=8),
+              progress=False, verbose=False, select='last')
+    run_experiment('synthetic', 10, out=tmp_path / 'frozen', arch_kw=dict(width=8, bias_init='prior', train_bias=False), **kw)
+    run_experiment('synthetic', 10, out=tmp_path / 'trained', arch_kw=dict(width=8, bias_init='prior'), **kw)
+    from ltat.data import lt_dls
+    counts = lt_dls('synthetic', 10, **kw['data_kw']).counts
+    bias = lambda d: torch.load(tmp_path / d / 'last.pth', map_location='cpu', weights_only=False)['model']['head.bias']
+    torch.testing.assert_close(bias('frozen'), prior_bias(counts))
+    assert not torch.allclose(bias('trained'), prior_bias(counts))

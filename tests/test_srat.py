@@ -51,8 +51,8 @@ def test_srat_bad_input():
     dls = tiny_dls()
     with pytest.raises(ValueError, match="'hinge'"): SRATTrain(loss='hinge')
     with pytest.raises(ValueError, match='drw_epoch=-1'): SRATTrain(drw_epoch=-1)
-    with pytest.raises(ValueError, match='counts=None'):
-        adv_learner(DataLoaders(dls.train, dls.valid), tiny_model(), method='srat', steps=1, robust_metric=False).fit(1)
+    l = adv_learner(DataLoaders(dls.train, dls.valid), tiny_model(), method='srat', steps=1, robust_metric=False)
+    assert not hasattr(l.dls, 'counts') and l.srat_train.class_counts().tolist() == [float(c) for c in dls.counts]   # counted from the labels
 
 class BufSnap(Callback):
     order = 10.5

@@ -20,9 +20,10 @@ def test_corrupt_gzip(tmp_path):
 
 def _cifar(d, labels, cut=None):
     (d / 'cifar-10-batches-py').mkdir(exist_ok=True)
-    for f in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
-        raw = pickle.dumps({b'data': np.zeros((len(labels), 3072), np.uint8), b'labels': labels})
+    for f in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:      # CIFAR-10's python format: str keys, protocol 2
+        raw = pickle.dumps({'data': np.zeros((len(labels), 3072), np.uint8), 'labels': labels}, protocol=2)
         (d / 'cifar-10-batches-py' / f).write_bytes(raw[:cut] if cut else raw)
+    (d / 'cifar-10-batches-py' / 'batches.meta').write_bytes(pickle.dumps({'label_names': [f'c{k}' for k in range(10)]}, protocol=2))
 
 def test_truncated_cifar_pickle(tmp_path):
     _cifar(tmp_path, list(range(10)), cut=200)
@@ -30,7 +31,7 @@ def test_truncated_cifar_pickle(tmp_path):
 
 def test_labels_outside_class_range(tmp_path):
     _cifar(tmp_path, [0] * 9 + [12])
-    with pytest.raises(CorruptFileError, match='label 12 is outside the class range 0..9'): load_dataset('cifar10', True, tmp_path, download=False)
+    with pytest.raises(CorruptFileError, match='label 12 is outside the class range 0..9'): load_dataset('cifar10', True, tmp_path, download=False, verify=False)
     lin = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     with pytest.raises(ValueError, match='labels must lie in'): robust_report(lin, [(torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 5]))], attacks=('clean',), progress=False)
 

@@ -2,6 +2,7 @@
 
     python tools/check_docs.py clean     # `nbdev-clean` would change nothing (run on a copy: the tree is untouched)
     python tools/check_docs.py docs      # sidebar complete, every link resolves, nbdev.yml current, `nbdev-proc-nbs` runs
+    python tools/check_docs.py citations # nothing cites a document outside the repository
     python tools/check_docs.py sidebar links   # only these (no subprocess; about a second)
 
 Each check returns a list of error strings (empty: passed); the command prints them and exits 1 if there are any.
@@ -233,10 +234,30 @@ def check_nbdev_yml(root: Path = None) -> list:
     if want == have: return []
     return ["nbs/nbdev.yml is not what nbdev generates from pyproject.toml; write this:\n    " + '\n    '.join(want.splitlines())]
 
+# -------------------------------------------------------------------------------------------------------- citations
+# documents a reader of the repository does not have: notes kept beside it, and internal file ids of papers
+OUTSIDE = re.compile(r'methods\.md|engineering\.md|style\.md|engineering notes|\.\./shared/|\b\d{3}_[0-9a-f]{16}\b', re.I)
+
+def outside_citations(text: str) -> list:
+    "Every citation in `text` of a document outside the repository"
+    return [m.group(0) for m in OUTSIDE.finditer(text)]
+
+def check_citations(root: Path = None) -> list:
+    "Nothing in nbs/, ltat/, tests/ or the README cites a document outside the repository"
+    root = Path(root or ROOT)
+    files = [*notebooks(root / 'nbs'), *sorted((root / 'ltat').rglob('*.py')), *sorted((root / 'tests').rglob('*.py')), root / 'README.md']
+    errs = []
+    for f in files:
+        if not f.is_file(): continue
+        for i, line in enumerate(f.read_text(encoding='utf-8').splitlines(), 1):
+            if '# citations-check: allow' in line: continue
+            for hit in outside_citations(line): errs.append(f"{f.relative_to(root)}:{i}: cites {hit!r}, a document outside the repository")
+    return errs
+
 CHECKS = dict(clean=lambda a: check_clean(ROOT), sidebar=lambda a: check_sidebar(ROOT / 'nbs'),
               links=lambda a: check_links(ROOT / 'nbs', ROOT), nbdev_yml=lambda a: check_nbdev_yml(ROOT),
-              proc=lambda a: check_proc(ROOT, a.n_workers))
-GROUPS = dict(docs=['sidebar', 'links', 'nbdev_yml', 'proc'], all=['clean', 'sidebar', 'links', 'nbdev_yml', 'proc'])
+              proc=lambda a: check_proc(ROOT, a.n_workers), citations=lambda a: check_citations(ROOT))
+GROUPS = dict(docs=['sidebar', 'links', 'nbdev_yml', 'citations', 'proc'], all=['clean', 'sidebar', 'links', 'nbdev_yml', 'citations', 'proc'])
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
