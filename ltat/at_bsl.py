@@ -25,4 +25,5 @@ class ATBSLTrain(AdvTrain):
                  **kwargs):
         super().__init__(init=init, **kwargs); store_attr('tau,counts')
     def train_loss(self, pred, y):
+        "Balanced softmax on the adversarial logits: CE(f(x') + tau log n, y)"
         return bsl_loss(pred, y, self.class_counts(), self.tau)

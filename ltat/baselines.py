@@ -8,14 +8,14 @@ Docs: https://ltat-dev.github.io/ltat/baselines.html.md"""
 from __future__ import annotations
 import copy
 import torch, torch.nn as nn, torch.nn.functional as F, torch.distributed as dist
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch
 from .core import check_choice, dist_sum
 from .attacks import pgd
 from .losses import mart_loss, trades_loss
 from .learner import AdvTrain, TradesTrain, register_method
 
 # %% auto #0
-__all__ = ['AWP_VARIANTS', 'MARTTrain', 'awp_params', 'awp_diff', 'add_into_weights', 'calc_awp', 'AWPTrain']
+__all__ = ['AWP_VARIANTS', 'MARTTrain', 'awp_params', 'awp_diff', 'add_into_weights', 'calc_awp', 'calc_awp_own', 'AWPTrain']
 
 # %% ../nbs/11_baselines.ipynb #1da070c6
 @register_method('mart')
@@ -57,7 +57,36 @@ def calc_awp(model: nn.Module, proxy: nn.Module, proxy_opt, loss_fn) -> dict:
     proxy_opt.step()
     return awp_diff(model, proxy)
 
-# %% ../nbs/11_baselines.ipynb #fed24026
+# %% ../nbs/11_baselines.ipynb #dd8bdd5b
+def _opt_state(opt):
+    "A copy of an optimiser's state: fastai's `Optimizer.state` or a torch optimiser's `state_dict()`"
+    if isinstance(opt, torch.optim.Optimizer): return copy.deepcopy(opt.state_dict())
+    return {p: {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in s.items()} for p, s in opt.state.items()}
+
+def _set_opt_state(opt, st):
+    if isinstance(opt, torch.optim.Optimizer): opt.load_state_dict(st)
+    else: opt.state.clear(); opt.state.update(st)
+
+def calc_awp_own(model: nn.Module, opt, loss_fn) -> dict:
+    "RobustLT's ascent: `opt` steps `model` on -`loss_fn(model)`, then weights and optimiser state are put back; returns v"
+    ps = awp_params(model)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    st = _opt_state(opt)
+    opt.zero_grad()
+    (-loss_fn(model)).backward()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:                          # data-parallel: the full batch's gradient, the same v on every process
+        for p in model.parameters():
+            if p.grad is not None: p.grad.copy_(dist_sum(p.grad) / world)
+    opt.step()
+    with torch.no_grad():
+        moved = {n: p.detach().clone() for n, p in ps.items()}
+        for p, w in zip(model.parameters(), w0): p.copy_(w)
+        v = {n: p.norm() / ((moved[n] - p).norm() + 1e-20) * (moved[n] - p) for n, p in ps.items()}
+    opt.zero_grad(); _set_opt_state(opt, st)
+    return v
+
+# %% ../nbs/11_baselines.ipynb #4dce7e07
 # the official scripts' values: AT_AWP/train_cifar10.py ('at') and trades_AWP/train_trades_cifar.py ('trades');
 # `warmup` counts the leading epochs without weight perturbation (TRADES-AWP: `epoch >= 10`, epochs from 1 -> 9);
 # `bn_eval`: AT-AWP crafts in train mode, TRADES-AWP in eval mode
@@ -75,49 +104,78 @@ class AWPTrain(AdvTrain):
                  beta=6.0,       # TRADES weight (variant 'trades' only)
                  init=None,      # PGD start; None: 'uniform' ('at') or 'normal' ('trades')
                  bn_eval=None,   # craft in eval mode; None: False ('at': batch statistics, as AT_AWP) or True ('trades')
+                 ascent='proxy', # 'proxy' (AWP's code: a copy steps with plain SGD) or 'model' (RobustLT's: the learner's optimiser steps the model, then both are put back)
                  **kwargs):
-        check_choice(variant, tuple(AWP_VARIANTS), 'AWP variant')
+        check_choice(variant, tuple(AWP_VARIANTS), 'AWP variant'); check_choice(ascent, ('proxy', 'model'), 'ascent')
         d = AWP_VARIANTS[variant]
         vals = dict(gamma=gamma, warmup=warmup, init=init, bn_eval=bn_eval, awp_lr=awp_lr)
         gamma, warmup, init, bn_eval, awp_lr = (d[k] if v is None else v for k, v in vals.items())
         if not gamma >= 0: raise ValueError(f"gamma={gamma!r} must be >= 0")
         if not (isinstance(warmup, int) and warmup >= 0): raise ValueError(f"warmup={warmup!r} must be an integer >= 0")
-        super().__init__(init=init, bn_eval=bn_eval, **kwargs); store_attr('variant,gamma,awp_lr,warmup,beta')
+        super().__init__(init=init, bn_eval=bn_eval, **kwargs); store_attr('variant,gamma,awp_lr,warmup,beta,ascent')
         self.diff = self.backup = None
 
-    def craft(self, x, y): return TradesTrain.craft(self, x, y) if self.variant == 'trades' else super().craft(x, y)
-    def objective(self, model, x_adv, y):
-        "The variant's training loss computed with `model` (the learner's, or the proxy)"
-        if self.variant == 'trades': return trades_loss(model(self.x_nat), model(x_adv), y, self.beta)
-        return F.cross_entropy(model(x_adv), y)
-    def train_loss(self, pred, y):
-        return trades_loss(self.learn.model(self.x_nat), pred, y, self.beta) if self.variant == 'trades' else self.old_lf(pred, y)
+# %% ../nbs/11_baselines.ipynb #e15ca774
+@patch
+def craft(self: AWPTrain, x, y):
+    "The training attack: TRADES' (KL from x + 0.001 N) for `variant='trades'`, else `AdvTrain`'s PGD"
+    return TradesTrain.craft(self, x, y) if self.variant == 'trades' else super(AWPTrain, self).craft(x, y)
 
-    def before_fit(self):
-        super().before_fit()
-        self.proxy = copy.deepcopy(self.learn.model)
-        self.proxy_opt = torch.optim.SGD(self.proxy.parameters(), lr=self.awp_lr)
-    def before_batch(self):
-        super().before_batch()                            # crafts x' on the unperturbed weights
-        if self.epoch < self.warmup or self.gamma == 0: return     # fastai's epoch counts from 0: epochs 1..warmup are plain
-        xa, y = self.learn.xb[0], self.learn.yb[0]
-        self.diff = calc_awp(self.learn.model, self.proxy, self.proxy_opt, lambda m: self.objective(m, xa, y))
+@patch
+def objective(self: AWPTrain, model, x_adv, y):
+    "The variant's training loss computed with `model` (the learner's, or the proxy)"
+    if self.variant == 'trades': return trades_loss(model(self.x_nat), model(x_adv), y, self.beta)
+    return F.cross_entropy(model(x_adv), y)
+
+@patch
+def train_loss(self: AWPTrain, pred, y):
+    "The outer loss on f(x'): TRADES' loss for `variant='trades'`, else the learner's own loss (cross-entropy)"
+    return trades_loss(self.learn.model(self.x_nat), pred, y, self.beta) if self.variant == 'trades' else self.old_lf(pred, y)
+
+# %% ../nbs/11_baselines.ipynb #afde5902
+@patch
+def before_fit(self: AWPTrain):
+    "Set-up: the proxy model and its plain SGD optimizer (no momentum, no weight decay); none with `ascent='model'`"
+    super(AWPTrain, self).before_fit()
+    if self.ascent == 'model': self.proxy = self.proxy_opt = None; return      # the learner's own model and optimiser take the step
+    self.proxy = copy.deepcopy(self.learn.model)
+    self.proxy_opt = torch.optim.SGD(self.proxy.parameters(), lr=self.awp_lr)
+
+@patch
+def before_batch(self: AWPTrain):
+    "Craft x' on the unperturbed weights, then (after the warm-up) compute v and perturb the weights by gamma*v"
+    super(AWPTrain, self).before_batch()              # crafts x' on the unperturbed weights
+    if self.epoch < self.warmup or self.gamma == 0: return     # fastai's epoch counts from 0: epochs 1..warmup are plain
+    xa, y = self.learn.xb[0], self.learn.yb[0]
+    loss_fn = lambda m: self.objective(m, xa, y)
+    self.diff = (calc_awp(self.learn.model, self.proxy, self.proxy_opt, loss_fn) if self.ascent == 'proxy' else
+                 calc_awp_own(self.learn.model, self.learn.opt, loss_fn))
+    ps = awp_params(self.learn.model)
+    self.backup = {n: ps[n].detach().clone() for n in self.diff}   # exact copy for the paths without a step
+    add_into_weights(self.learn.model, self.diff, self.gamma)
+
+# %% ../nbs/11_baselines.ipynb #0bda79b9
+@patch
+def restore(self: AWPTrain, stepped=False):
+    "Remove the perturbation if applied: subtract gamma*v after a step (official), else copy the weights back"
+    if self.diff is None: return
+    if stepped: add_into_weights(self.learn.model, self.diff, -self.gamma)
+    else:
         ps = awp_params(self.learn.model)
-        self.backup = {n: ps[n].detach().clone() for n in self.diff}   # exact copy for the paths without a step
-        add_into_weights(self.learn.model, self.diff, self.gamma)
-    def restore(self, stepped=False):
-        "Remove the perturbation if applied: subtract gamma*v after a step (official), else copy the weights back"
-        if self.diff is None: return
-        if stepped: add_into_weights(self.learn.model, self.diff, -self.gamma)
-        else:
-            ps = awp_params(self.learn.model)
-            with torch.no_grad():
-                for n, w in self.backup.items(): ps[n].copy_(w)
-        self.diff = self.backup = None
-    def after_cancel_step(self): self.restore()
-    def after_step(self): self.restore(stepped=True)
-    def after_batch(self): self.restore()
-    after_cancel_batch = after_batch
-    def after_cancel_train(self): self.restore(); super().after_cancel_train()
-    def after_cancel_fit(self): self.restore(); super().after_cancel_fit()
-    def after_fit(self): self.restore(); self.proxy = self.proxy_opt = None
+        with torch.no_grad():
+            for n, w in self.backup.items(): ps[n].copy_(w)
+    self.diff = self.backup = None
+
+@patch
+def after_cancel_step(self: AWPTrain): self.restore()
+@patch
+def after_step(self: AWPTrain): self.restore(stepped=True); super(AWPTrain, self).after_step()   # then `post_step`, on the restored weights
+@patch
+def after_batch(self: AWPTrain): self.restore()
+AWPTrain.after_cancel_batch = AWPTrain.after_batch
+@patch
+def after_cancel_train(self: AWPTrain): self.restore(); super(AWPTrain, self).after_cancel_train()
+@patch
+def after_cancel_fit(self: AWPTrain): self.restore(); super(AWPTrain, self).after_cancel_fit()
+@patch
+def after_fit(self: AWPTrain): self.restore(); self.proxy = self.proxy_opt = None

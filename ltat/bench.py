@@ -87,7 +87,7 @@ def count_syncs(device='cpu'):
         if cuda: torch.cuda.set_sync_debug_mode(0)
         for k, f in old.items(): setattr(torch.Tensor, k, f)
 
-# %% ../nbs/09a_bench.ipynb #601f8c1c
+# %% ../nbs/09a_bench.ipynb #4b75890a
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
 
@@ -122,6 +122,7 @@ def reference_loop(model, x, y, epochs=1, lr=0.05, eps=8/255, alpha=2/255, steps
         _sync(device); times.append(time.perf_counter() - t0)
     return times
 
+# %% ../nbs/09a_bench.ipynb #a7bdfe57
 def raw_loop(model, dl, epochs=1, lr=0.05, eps=8/255, alpha=2/255, steps=10, device='cpu'):
     "(c) `adv_learner`'s work without fastai: same loader, same `pgd`, `torch.optim.SGD`, no host reads; returns epoch times"
     opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4)
@@ -135,6 +136,7 @@ def raw_loop(model, dl, epochs=1, lr=0.05, eps=8/255, alpha=2/255, steps=10, dev
         _sync(device); times.append(time.perf_counter() - t0)
     return times
 
+# %% ../nbs/09a_bench.ipynb #409043cf
 class _TrainTimer(Callback):
     "Times the training phase of every epoch (device synchronised at both ends) and counts its host reads"
     order = -10
@@ -177,9 +179,45 @@ def evaluate_robust(model, dl, eps=8/255, alpha=2/255, steps=10, max_n=None):
         n += len(yb)
     return (c / n).item(), (r / n).item()
 
-# %% ../nbs/09a_bench.ipynb #3bb1a7a3
+# %% ../nbs/09a_bench.ipynb #c9dffd2d
 ROWS = ('(a) reference', '(b) adv_learner', '(c) raw loop', '(d) fast path')
 
+def _bench_sizes(quick, **given):
+    "The sizes left None take the default of the scale: `quick` (CPU) or the CIFAR-10-LT one"
+    q = dict(arch='small_cnn', width=8, n_per_class=200, ir=10, n_test=20, epochs=2, eval_n=200) if quick else \
+        dict(arch='resnet18', width=None, n_per_class=5000, ir=100, n_test=1000, epochs=3, eval_n=2000)
+    return tuple(v if v is not None else q[k] for k, v in given.items())
+
+# %% ../nbs/09a_bench.ipynb #6476460e
+def _time_variant(v, model0, dls, mk_dls, epochs, lr, bs, fast_bs, dev, seed, num_workers, force_fast, compile, kw):
+    "Train a copy of `model0` with variant `v`: (epoch times, host reads and syncs, images per epoch, batches, model)"
+    torch.manual_seed(seed); m = copy.deepcopy(model0)
+    n_train = len(dls.train) * bs
+    dls.loaders[0] = dls.train.new()     # a fresh generator: every variant sees the same batches and augmentation
+    with count_syncs(dev) as s:      # (a), (c): the loops are the training phase only
+        if v == 'a':
+            t = reference_loop(m, dls.train.dataset.x, dls.train.dataset.y, epochs, lr, bs=128, device=dev, seed=seed,
+                               num_workers=num_workers if num_workers is not None else (4 if dev.type == 'cuda' else 0),
+                               pad=dls.augment['pad'], flip=dls.augment['flip'], **kw); n = len(dls.train.dataset) // 128 * 128
+        elif v == 'c': t = raw_loop(m, dls.train.new(), epochs, lr, device=dev, **kw); n = n_train
+    if v == 'b': t, s, _ = learner_loop(m, dls, epochs, lr, fast=False, **kw); n = n_train   # (b), (d): counted in training only
+    if v == 'd':
+        d = dls if fast_bs == bs else mk_dls(fast_bs)
+        t, s, l = learner_loop(m, d, epochs, lr, fast='force' if force_fast else 'auto', compile=compile, **kw)
+        n = len(d.train) * fast_bs
+    n_batches = epochs * (n // (128 if v == 'a' else fast_bs if v == 'd' else bs))
+    return t, s, n, n_batches, m
+
+# %% ../nbs/09a_bench.ipynb #f767a3b6
+def _ratios(df, peak_spec, peak_meas):
+    "Add the speed-ups over (a) and (c) (their first run) and the fractions of the two peaks"
+    for ref, col in (('(a) reference', 'x_vs_a'), ('(c) raw loop', 'x_vs_c')):
+        df[col] = df.img_per_s / df.img_per_s[df.index == ref].iloc[0] if ref in df.index else float('nan')   # first run of ref
+    for p, col in ((peak_spec, 'pct_spec_peak'), (peak_meas, 'pct_meas_peak')):
+        df[col] = 100 * df.gflop_s * 1e9 / p if p else float('nan')
+    return df
+
+# %% ../nbs/09a_bench.ipynb #6e262d6e
 def run_bench(quick=False,          # CPU scale: 812 images, small_cnn width 8, 2 epochs
               arch=None,            # model; default resnet18 (quick: small_cnn)
               width=None,           # model width (quick: 8)
@@ -200,10 +238,8 @@ def run_bench(quick=False,          # CPU scale: 812 images, small_cnn width 8, 
               seed=0):
     "Run the four variants on the same data and model; returns `(table, meta)`"
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    q = dict(arch='small_cnn', width=8, n_per_class=200, ir=10, n_test=20, epochs=2, eval_n=200) if quick else \
-        dict(arch='resnet18', width=None, n_per_class=5000, ir=100, n_test=1000, epochs=3, eval_n=2000)
-    arch, width, n_per_class, ir, n_test, epochs, eval_n = (v if v is not None else q[k] for k, v in dict(
-        arch=arch, width=width, n_per_class=n_per_class, ir=ir, n_test=n_test, epochs=epochs, eval_n=eval_n).items())
+    arch, width, n_per_class, ir, n_test, epochs, eval_n = _bench_sizes(quick, arch=arch, width=width, n_per_class=n_per_class,
+                                                                        ir=ir, n_test=n_test, epochs=epochs, eval_n=eval_n)
     check_steps(steps); check_steps(epochs, 'epochs'); check_steps(bs, 'bs')
     for v in variants: check_choice(v, tuple('abcd'), 'variant')
     fast_bs = fast_bs or bs
@@ -217,30 +253,14 @@ def run_bench(quick=False,          # CPU scale: 812 images, small_cnn width 8, 
     kw = dict(eps=8/255, alpha=2/255, steps=steps)
     rows, models = [], {}
     for v in variants:
-        torch.manual_seed(seed); m = copy.deepcopy(model0)
-        dls.loaders[0] = dls.train.new()     # a fresh generator: every variant sees the same batches and augmentation
-        with count_syncs(dev) as s:      # (a), (c): the loops are the training phase only
-            if v == 'a':
-                t = reference_loop(m, dls.train.dataset.x, dls.train.dataset.y, epochs, lr, bs=128, device=dev, seed=seed,
-                                   num_workers=num_workers if num_workers is not None else (4 if dev.type == 'cuda' else 0),
-                                   pad=dls.augment['pad'], flip=dls.augment['flip'], **kw); n = len(dls.train.dataset) // 128 * 128
-            elif v == 'c': t = raw_loop(m, dls.train.new(), epochs, lr, device=dev, **kw); n = n_train
-        if v == 'b': t, s, _ = learner_loop(m, dls, epochs, lr, fast=False, **kw); n = n_train   # (b), (d): counted in training only
-        if v == 'd':
-            d = dls if fast_bs == bs else mk_dls(fast_bs)
-            t, s, l = learner_loop(m, d, epochs, lr, fast='force' if force_fast else 'auto', compile=compile, **kw)
-            n = len(d.train) * fast_bs
-        n_batches = epochs * (n // (128 if v == 'a' else fast_bs if v == 'd' else bs))
+        t, s, n, n_batches, m = _time_variant(v, model0, dls, mk_dls, epochs, lr, bs, fast_bs, dev, seed, num_workers, force_fast,
+                                              compile, kw)
         clean, rob = evaluate_robust(m, dls.test, max_n=eval_n, **kw)
         rows.append(dict(variant=ROWS['abcd'.index(v)], epoch_s=t[-1], img_per_s=n / t[-1],
                          gflop_s=n * step_flops / t[-1] / 1e9, host_reads_per_batch=s['host_reads'] / n_batches,   # training batches only
                          cuda_syncs_per_batch=s['cuda_syncs'] / n_batches if dev.type == 'cuda' else float('nan'),
                          clean_acc=clean, rob_acc=rob))
-    df = pd.DataFrame(rows).set_index('variant')
-    for ref, col in (('(a) reference', 'x_vs_a'), ('(c) raw loop', 'x_vs_c')):
-        df[col] = df.img_per_s / df.img_per_s[df.index == ref].iloc[0] if ref in df.index else float('nan')   # first run of ref
-    for p, col in ((peak_spec, 'pct_spec_peak'), (peak_meas, 'pct_meas_peak')):
-        df[col] = 100 * df.gflop_s * 1e9 / p if p else float('nan')
+    df = _ratios(pd.DataFrame(rows).set_index('variant'), peak_spec, peak_meas)
     fast_on = 'd' in variants and (force_fast or (dev.type == 'cuda' and torch.cuda.is_bf16_supported()))
     meta = dict(device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)',
                 torch=torch.__version__, arch=arch, width=width, n_train=n_train, n_classes=dls.n_classes, ir=ir,
@@ -266,7 +286,7 @@ def bench_extra(device=None, n_train=12406, n_batches=10, bs=128, aa_n=10000, aa
     return dict(model='wrn34_10' if model is None else type(model).__name__, n_train=n_train, epoch_s=per_img * n_train,
                 img_per_s=1 / per_img, aa_n=len(y), aa_s=aa_s, aa_rob_acc=rob)
 
-# %% ../nbs/09a_bench.ipynb #d3aa61b4
+# %% ../nbs/09a_bench.ipynb #becfdfc8
 def format_table(df, meta) -> str:
     "The printed table: one row per variant, then the device, FLOP count and the fast-path state"
     cols = ['epoch_s', 'img_per_s', 'x_vs_a', 'x_vs_c', 'gflop_s', 'pct_spec_peak', 'pct_meas_peak', 'host_reads_per_batch',
@@ -281,6 +301,7 @@ def format_table(df, meta) -> str:
                       f"fast path active in (d): {meta['fast_path_active']}"] +
                      (["no GPU here: the GPU rows (fraction of bf16 peak, targets) are not measured; run `ltat bench` on a GPU"] if cpu else []))
 
+# %% ../nbs/09a_bench.ipynb #c4b92f4c
 @call_parse
 def bench(quick:store_true=False,      # CPU scale (< 2 min on 2 cores)
           arch:str=None,               # model (default resnet18; quick small_cnn)

@@ -13,6 +13,8 @@ from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.callback.core import Callback
 from fastai.callback.tracker import TrackerCallback
+from fastai.learner import SkipToEpoch
+from fastai.callback.progress import ProgressCallback
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'rng_state', 'set_rng_state', 'atomic_save', 'read_checkpoint', 'check_compatible', 'load_weights',
@@ -36,6 +38,7 @@ def _loader_gens(dls):
         elif isinstance(getattr(dl, 'rng', None), random.Random): out.append((i, dl.rng))  # fastai DataLoader
     return out
 
+# %% ../nbs/08_checkpoint.ipynb #36a695a7
 def rng_state(dls=None) -> dict:
     "The state of every random generator a training epoch uses (python, numpy, torch, CUDA, the loaders' own)"
     s = np.random.get_state()
@@ -85,6 +88,7 @@ def read_checkpoint(path, map_location='cpu') -> dict:
     if not isinstance(ck, dict): raise ValueError(f"checkpoint {str(path)!r} holds a {type(ck).__name__}, not a state dict")
     return ck if ck.get('format') == CKPT_FORMAT else {'model': ck}
 
+# %% ../nbs/08_checkpoint.ipynb #3a4ea07b
 def _n_out(sd):
     "Class count of a state dict: rows of the last 2-d weight (the classifier)"
     w = [v for k, v in sd.items() if k.endswith('weight') and getattr(v, 'ndim', 0) == 2]
@@ -105,6 +109,7 @@ def check_compatible(sd:dict, model:nn.Module, ck:dict|None=None, name='checkpoi
     if shapes: diffs.append(f"shape mismatch {shapes[:3]}{' ...' if len(shapes) > 3 else ''}")
     if diffs: raise ValueError(f"incompatible {name}: " + '; '.join(diffs))
 
+# %% ../nbs/08_checkpoint.ipynb #11144017
 def load_weights(model:nn.Module, path, map_location=None) -> nn.Module:
     "Load the weights of a full checkpoint or a plain state dict into `model`, after `check_compatible`"
     dev = map_location or next(model.parameters()).device
@@ -132,6 +137,7 @@ def checkpoint_state(learn, epoch:int) -> dict:
             'method': getattr(learn, 'method', None), 'rng': rng_state(learn.dls),
             'callbacks': _cb_states(learn), 'trackers': _tracker_bests(learn)}
 
+# %% ../nbs/08_checkpoint.ipynb #1368954a
 class CheckpointCallback(Callback):
     "Write a complete checkpoint to `path` atomically at the end of every `every` epochs (and the last)"
     order, run_valid = 65, False
@@ -164,9 +170,6 @@ class FiniteLossCallback(Callback):
                                      "the run stops; the last good checkpoint is kept (lower the learning rate, or check the data)")
 
 # %% ../nbs/08_checkpoint.ipynb #740b60b3
-from fastai.learner import SkipToEpoch
-from fastai.callback.progress import ProgressCallback
-
 class _Resume(Callback):
     "Restore a checkpoint's callback and random states at the first epoch not yet done"
     order = -1000
@@ -197,6 +200,7 @@ class _Resume(Callback):
         for cb, r in (self.runs or {}).items(): cb.run = r
         self.learn._resume_skipping = False
 
+# %% ../nbs/08_checkpoint.ipynb #9b23bd6c
 def resume(learn, path, lr_max=None, n_epoch=None, **fit_kw):
     "Continue the `fit_one_cycle` run saved in checkpoint `path` (by `CheckpointCallback`) exactly where it stopped"
     ck = read_checkpoint(path, next(learn.model.parameters()).device)

@@ -191,11 +191,46 @@ def plot_demo(reports: dict, path=None):
     plt.close(fig)
     return fig
 
-# %% ../nbs/07_cli.ipynb #46d8aa73
+# %% ../nbs/07_cli.ipynb #09c5199c
+def _demo_reports(data, ir, epochs, steps, lr, bs, methods, attacks, n_eval, width, rob_batches, seed, out, path, quiet, names):
+    "Train and evaluate every method of `methods` with the demo's recipe -> {(method, checkpoint): `RobustReport`}"
+    reps = {}
+    for k in _list(methods):
+        st, t1 = DEMO_SETTINGS.get(k, {}), time.time()
+        print(f"== {k}: {epochs} epochs of PGD-{steps} adversarial training on {data}-LT IR={ir:g}", flush=True)
+        akw = dict(width=width, **st.get('arch_kw', {}))
+        r = run_experiment(data, ir, 'exp', k, 'small_cnn', epochs, lr, bs, 8/255, 2.5 * (8/255) / steps, steps, seed, out / k, path,
+                           False, _list(attacks), None, 0, rob_batches or None, eval_bs=n_eval or 500, max_batches=1 if n_eval else None,
+                           arch_kw=akw, method_kw=st.get('method_kw'), eval_model=st.get('eval_model'), progress=not quiet, verbose=False,
+                           select=dict(steps=10, first_epoch=1) if rob_batches else 'last',
+                           meta=dict(class_names=names, arch_kw=akw, n_test=dataset_info[dataset_name(data)]['n_test'],
+                                     **(dict(rob_images=rob_batches * bs) if rob_batches else {})))
+        for ck, rep in r.items(): reps[(k, ck)] = rep
+        print(f"   {k}: {time.time() - t1:.0f} s (training {r['last'].meta['train_time_s']:.0f} s)", flush=True)
+    return reps
+
+# %% ../nbs/07_cli.ipynb #51a1ccfb
 def _fmt(tab):
     try: import tabulate; return tab.round(4).to_markdown()
     except ImportError: return tab.round(4).to_string()
 
+def _demo_write(reps, out, names, t0):
+    "The table with its protocol header (printed, and written to `out` with the per-class plot); a warning for a method near chance"
+    tab, head = demo_table(reps), demo_protocol(reps)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'table.md').write_text(f"```\n{head}\n```\n\n{_fmt(tab)}\n")
+    tab.to_csv(out / 'table.csv')
+    plot_demo(reps, out / 'per_class.png')
+    pd.set_option('display.width', 160)
+    print(f"\n{head}\n\n{tab.round(4).to_string()}")
+    chance = 1 / len(names)
+    for k in dict.fromkeys(k for k, _ in reps):
+        acc = reps[(k, 'last')].summary.loc['clean', 'overall'] if 'clean' in reps[(k, 'last')].summary.index else None
+        if acc is not None and acc < 2 * chance: print(f"WARNING: {k} learned little: clean accuracy {acc:.3f}, chance {chance:.3f}")
+    print(f"\nwrote {out}/table.md, table.csv, per_class.png and one folder per method (cards, checkpoints); total {time.time() - t0:.0f} s")
+    return tab
+
+# %% ../nbs/07_cli.ipynb #7b749645
 @call_parse
 def demo(out:str='runs/demo',        # output folder
          data:str='fashion_mnist',   # data set (the CPU-scale benchmark)
@@ -215,32 +250,8 @@ def demo(out:str='runs/demo',        # output folder
     "PGD-AT beside the long-tailed methods on Fashion-MNIST-LT (IR=100) on the CPU; table with its protocol, cards and per-class plot in --out"
     t0, out, names = time.time(), Path(out), class_names(data)
     if n_eval < 0: raise ValueError(f"n_eval={n_eval} must be >= 0 (0: the whole test set)")
-    reps = {}
-    for k in _list(methods):
-        st, t1 = DEMO_SETTINGS.get(k, {}), time.time()
-        print(f"== {k}: {epochs} epochs of PGD-{steps} adversarial training on {data}-LT IR={ir:g}", flush=True)
-        akw = dict(width=width, **st.get('arch_kw', {}))
-        r = run_experiment(data, ir, 'exp', k, 'small_cnn', epochs, lr, bs, 8/255, 2.5 * (8/255) / steps, steps, seed, out / k, path,
-                           False, _list(attacks), None, 0, rob_batches or None, eval_bs=n_eval or 500, max_batches=1 if n_eval else None,
-                           arch_kw=akw, method_kw=st.get('method_kw'), eval_model=st.get('eval_model'), progress=not quiet, verbose=False,
-                           select=dict(steps=10, first_epoch=1) if rob_batches else 'last',
-                           meta=dict(class_names=names, arch_kw=akw, n_test=dataset_info[dataset_name(data)]['n_test'],
-                                     **(dict(rob_images=rob_batches * bs) if rob_batches else {})))
-        for ck, rep in r.items(): reps[(k, ck)] = rep
-        print(f"   {k}: {time.time() - t1:.0f} s (training {r['last'].meta['train_time_s']:.0f} s)", flush=True)
-    tab, head = demo_table(reps), demo_protocol(reps)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'table.md').write_text(f"```\n{head}\n```\n\n{_fmt(tab)}\n")
-    tab.to_csv(out / 'table.csv')
-    plot_demo(reps, out / 'per_class.png')
-    pd.set_option('display.width', 160)
-    print(f"\n{head}\n\n{tab.round(4).to_string()}")
-    chance = 1 / len(names)
-    for k in dict.fromkeys(k for k, _ in reps):
-        acc = reps[(k, 'last')].summary.loc['clean', 'overall'] if 'clean' in reps[(k, 'last')].summary.index else None
-        if acc is not None and acc < 2 * chance: print(f"WARNING: {k} learned little: clean accuracy {acc:.3f}, chance {chance:.3f}")
-    print(f"\nwrote {out}/table.md, table.csv, per_class.png and one folder per method (cards, checkpoints); total {time.time() - t0:.0f} s")
-    return tab
+    reps = _demo_reports(data, ir, epochs, steps, lr, bs, methods, attacks, n_eval, width, rob_batches, seed, out, path, quiet, names)
+    return _demo_write(reps, out, names, t0)
 
 # %% ../nbs/07_cli.ipynb #cf481733
 COMMANDS = {'train': train, 'eval': evaluate, 'demo': demo, 'reproduce': reproduce, 'bench': bench}

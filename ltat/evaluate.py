@@ -114,7 +114,31 @@ def _check_args(dl, attacks, eps, alpha, aa_n, max_batches, checks, check_n):
             raise ValueError(f"{k}={v} but the evaluation set has only {n_set} images; use {k} <= {n_set} (or None)")
     return specs, alpha, checks
 
-# %% ../nbs/06_evaluate.ipynb #a96a9799
+# %% ../nbs/06_evaluate.ipynb #5f6b7b85
+def _aa_select(y, quota, dev):
+    "Mask of the images of batch `y` in the AutoAttack subset: the first `quota[c]` of each class c in loader order (`quota` counts down)"
+    yc = y.cpu().numpy(); s = np.zeros(len(yc), bool)
+    for j, c in enumerate(yc):
+        if quota[c] > 0: s[j], quota[c] = True, quota[c] - 1
+    return torch.as_tensor(s, device=dev)
+
+def _attack_batch(model, x, y, sel, specs, eps, alpha, n_classes, seed):
+    "Correct flags (on the CPU) of every attack of `specs` on one batch; AutoAttack on the images of `sel` only, the others count as incorrect"
+    out = {}
+    for a, s in specs.items():
+        if s['attack'].startswith('aa'):
+            ok = torch.zeros_like(y, dtype=torch.bool)
+            if sel.any():
+                xa = autoattack(model, x[sel], y[sel], eps=eps, n_classes=n_classes, seed=seed, validate=False,
+                                attacks=['apgd-ce', 'apgd-t'] if a == 'aa_ce_t' else None)
+                with torch.no_grad(): ok[sel] = model(xa).argmax(1) == y[sel]
+        else:
+            xa = _run_attack(s, model, x, y, eps, alpha)
+            with torch.no_grad(): ok = model(xa).argmax(1) == y
+        out[a] = ok.cpu()
+    return out
+
+# %% ../nbs/06_evaluate.ipynb #c7d75355
 def _attack_stream(model, dl, specs, eps, alpha, n_classes, aa_n, max_batches, seed, progress, checks, check_n):
     """Every attack of `specs` on each batch of `dl`, AutoAttack on the class-balanced subset of `aa_n` images -> dict of the
     per-attack correct flags, the labels, the AutoAttack mask, the class count, and the full checks' warnings and values"""
@@ -134,23 +158,8 @@ def _attack_stream(model, dl, specs, eps, alpha, n_classes, aa_n, max_batches, s
             if aa_n is not None: quota = np.full(n_classes, max(1, aa_n // n_classes))
         if y.max() >= n_classes or y.min() < 0:
             raise ValueError(f"labels must lie in [0, {n_classes - 1}], found {int(y.min())}..{int(y.max())}")
-        sel = torch.ones_like(y, dtype=torch.bool)
-        if quota is not None:
-            yc = y.cpu().numpy(); s = np.zeros(len(yc), bool)
-            for j, c in enumerate(yc):
-                if quota[c] > 0: s[j], quota[c] = True, quota[c] - 1
-            sel = torch.as_tensor(s, device=dev)
-        for a, s in specs.items():
-            if s['attack'].startswith('aa'):
-                ok = torch.zeros_like(y, dtype=torch.bool)
-                if sel.any():
-                    xa = autoattack(model, x[sel], y[sel], eps=eps, n_classes=n_classes, seed=seed, validate=False,
-                                    attacks=['apgd-ce', 'apgd-t'] if a == 'aa_ce_t' else None)
-                    with torch.no_grad(): ok[sel] = model(xa).argmax(1) == y[sel]
-            else:
-                xa = _run_attack(s, model, x, y, eps, alpha)
-                with torch.no_grad(): ok = model(xa).argmax(1) == y
-            rows[a].append(ok.cpu())
+        sel = torch.ones_like(y, dtype=torch.bool) if quota is None else _aa_select(y, quota, dev)
+        for a, ok in _attack_batch(model, x, y, sel, specs, eps, alpha, n_classes, seed).items(): rows[a].append(ok)
         ys.append(y.cpu()); aa_mask.append(sel.cpu())
         if checks == 'full' and sum(len(t) for t in cx) < check_n: cx.append(x); cy.append(y)
     n_seen = sum(len(t) for t in ys)
@@ -188,9 +197,27 @@ def _tables(correct, y, sel, specs, n_classes, counts):
            for a in attacks if not specs[a]['attack'].startswith('aa')} if has_aa and not sel.all() else {}
     return per_class, summary, g, sub
 
-# %% ../nbs/06_evaluate.ipynb #89f2ebc5
+# %% ../nbs/06_evaluate.ipynb #5f203d7b
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
 
+def _mark_unreliable(summary, warns):
+    "A warning '[a,b] ...' marks rows a and b of `summary` unreliable"
+    for w in warns:
+        if m := re.match(r'\[([\w,.]+)\]', w):
+            for a in m[1].split(','):
+                if a in summary.index: summary.loc[a, 'reliable'] = False
+
+def _report_protocol(attacks, specs, eps, alpha, seed, y, sel, g, checks, check_n, check_vals):
+    "The card's `protocol`: threat model, budgets, seed, every attack's settings, groups, images, and the checks run"
+    has_aa = any(s['attack'].startswith('aa') for s in specs.values())
+    protocol = {'threat_model': 'Linf', 'eps': eps_str(eps), 'alpha': eps_str(alpha), 'seed': seed,
+                'attacks': {a: _attack_settings(a, eps, alpha, int(sel.sum())) for a in attacks},
+                'groups': {k: v for k, v in g.items()}, 'n_eval': int(len(y)),
+                'worst_case_over': 'samples seen by every attack' + (' (the AutoAttack subset)' if has_aa and not sel.all() else '')}
+    if checks: protocol['checks'] = {'level': checks, **({'n': int(min(check_n, len(y))), 'values': check_vals} if checks == 'full' else {})}
+    return protocol
+
+# %% ../nbs/06_evaluate.ipynb #ba870bd3
 def robust_report(model: nn.Module, dl,
                   attacks=('clean', 'fgsm', 'pgd20', 'mim', 'cw20', 'aa'),  # names, see `parse_attack`
                   eps=8/255,         # L-inf budget
@@ -218,17 +245,9 @@ def robust_report(model: nn.Module, dl,
         for m, t in zip(model.modules(), modes): m.training = t
     y, sel, n_classes = r['y'], r['sel'], r['n_classes']
     per_class, summary, g, sub = _tables(r['correct'], y, sel, specs, n_classes, counts)
-    has_aa = any(s['attack'].startswith('aa') for s in specs.values())
     if checks: warns += _cheap_checks(summary, specs, sub) + r['warnings']
-    for w in warns:                  # a warning '[a,b] ...' marks rows a and b unreliable
-        if m := re.match(r'\[([\w,.]+)\]', w):
-            for a in m[1].split(','):
-                if a in summary.index: summary.loc[a, 'reliable'] = False
-    protocol = {'threat_model': 'Linf', 'eps': eps_str(eps), 'alpha': eps_str(alpha), 'seed': seed,
-                'attacks': {a: _attack_settings(a, eps, alpha, int(sel.sum())) for a in attacks},
-                'groups': {k: v for k, v in g.items()}, 'n_eval': int(len(y)),
-                'worst_case_over': 'samples seen by every attack' + (' (the AutoAttack subset)' if has_aa and not sel.all() else '')}
-    if checks: protocol['checks'] = {'level': checks, **({'n': int(min(check_n, len(y))), 'values': r['check_vals']} if checks == 'full' else {})}
+    _mark_unreliable(summary, warns)
+    protocol = _report_protocol(attacks, specs, eps, alpha, seed, y, sel, g, checks, check_n, r['check_vals'])
     m = {'versions': _versions(), 'model': type(model).__name__, 'n_classes': n_classes, 'time_s': round(time.time() - t0, 2)}
     if counts is not None: m['counts'] = [int(c) for c in counts]
     m.update(meta or {})
@@ -267,7 +286,7 @@ def plot(self: RobustReport, attacks=None, path=None, title=None):
     if path: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=120)
     return fig
 
-# %% ../nbs/06_evaluate.ipynb #081a125f
+# %% ../nbs/06_evaluate.ipynb #ed24cb52
 RB_FIELDS = ('link', 'name', 'authors', 'additional_data', 'number_forward_passes', 'dataset', 'venue', 'architecture', 'eps',
              'clean_acc', 'reported', 'autoattack_acc', 'footnote', 'unreliable')
 
@@ -276,6 +295,23 @@ def _plain_acc(pc, a):
     ok = pc[a].notna()
     return float((pc.loc[ok, a] * pc.loc[ok, 'n']).sum() / pc.loc[ok, 'n'].sum())
 
+def _rb_footnote(rep, dataset, n_aa, n):
+    "The default footnote: the long-tailed training set (when the card records `ir`), AutoAttack on a subset"
+    notes = []
+    if 'ir' in rep.meta: notes.append(f"Trained on a long-tailed {dataset} training set (imbalance ratio {rep.meta['ir']}); evaluated on the balanced test set.")
+    if n_aa < n: notes.append(f"AutoAttack on a class-balanced subset of {n_aa} of the {n} test images.")
+    return ' '.join(notes) or None
+
+def _rb_write(rec, path, model_name, dataset, threat_model):
+    "Write `rec` to the `.json` file `path`, or to `path/<dataset>/<threat_model>/<model_name>.json`"
+    path = Path(path)
+    if path.suffix != '.json':
+        if not (model_name and dataset): raise ValueError("a folder `path` needs `model_name` and a `dataset`")
+        path = path / dataset / threat_model / f'{model_name}.json'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=2) + '\n')
+
+# %% ../nbs/06_evaluate.ipynb #b52d62f5
 @patch
 def to_robustbench(self: RobustReport,
                    path=None,                  # a `.json` file, or a folder: `path/<dataset>/<threat_model>/<model_name>.json`
@@ -299,24 +335,14 @@ def to_robustbench(self: RobustReport,
     aa = _plain_acc(self.per_class, 'aa') if n_aa == n else float(self.summary.loc['aa', 'overall'])
     arch = architecture or self.meta.get('arch') or self.meta.get('model')
     dataset = dataset or self.meta.get('dataset')
-    if footnote is None:
-        notes = []
-        if 'ir' in self.meta: notes.append(f"Trained on a long-tailed {dataset} training set (imbalance ratio {self.meta['ir']}); evaluated on the balanced test set.")
-        if n_aa < n: notes.append(f"AutoAttack on a class-balanced subset of {n_aa} of the {n} test images.")
-        footnote = ' '.join(notes) or None
+    if footnote is None: footnote = _rb_footnote(self, dataset, n_aa, n)
     rec = dict(link=link, name=name, authors=authors, additional_data=bool(additional_data),
                number_forward_passes=int(number_forward_passes), dataset=dataset, venue=venue, architecture=arch,
                eps=self.protocol['eps'], clean_acc=f"{100 * _plain_acc(self.per_class, 'clean'):.2f}",
                reported=f"{100 * aa:.2f}" if reported is None else str(reported), autoattack_acc=f"{100 * aa:.2f}",
                footnote=footnote, unreliable=not bool(self.summary.loc['aa', 'reliable']))
     rec = {k: rec[k] for k in RB_FIELDS if rec[k] is not None}
-    if path is not None:
-        path = Path(path)
-        if path.suffix != '.json':
-            if not (model_name and dataset): raise ValueError("a folder `path` needs `model_name` and a `dataset`")
-            path = path / dataset / self.protocol['threat_model'] / f'{model_name}.json'
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rec, indent=2) + '\n')
+    if path is not None: _rb_write(rec, path, model_name, dataset, self.protocol['threat_model'])
     return rec
 
 # %% ../nbs/06_evaluate.ipynb #6f77a45a
@@ -344,7 +370,7 @@ def _cheap_checks(summary, specs, sub=None, tol=0.05):
                 w.append(f"[{p}] PGD on scaled logits [{sc}] is {d:.1%} stronger: the unscaled PGD number is inflated by the logit scale (see {DOCS}#logit-scale)")
     return w
 
-# %% ../nbs/06_evaluate.ipynb #46a2245b
+# %% ../nbs/06_evaluate.ipynb #e5e6ce4f
 def _acc(model, x, y, seed, bs=500, **kw):
     "Accuracy of `model` under `pgd(**kw)` on (x, y), in batches, seeded"
     torch.manual_seed(seed); ok = 0
@@ -360,6 +386,7 @@ def _zero_grad_frac(model, x, y):
         g, = torch.autograd.grad(nn.functional.cross_entropy(model(x).float(), y, reduction='sum'), x)
     return (g.flatten(1).abs().amax(1) == 0).float().mean().item()
 
+# %% ../nbs/06_evaluate.ipynb #4de7cfd3
 def _full_checks(model, x, y, specs, eps, alpha, seed, tol=0.05):
     "The costly checks on (x, y): logit scales, zero gradients, epsilon sweep, more steps and restarts -> (warnings, values)"
     n = len(y)

@@ -124,7 +124,7 @@ def to_fast(self: Learner, force=False, **kwargs):
     "`enable_fast(self, force, **kwargs)` as a `Learner` method (as fastai's `to_fp16`); `adv_learner(fast=True)` calls it forced"
     return enable_fast(self, force=force, **kwargs)
 
-# %% ../nbs/09_fast.ipynb #813843f3
+# %% ../nbs/09_fast.ipynb #744399e0
 class DistribDL:
     "Rank `rank`'s share of the `TensorDL` `dl`, dealt by torch's `DistributedSampler`, in batches of `dl.bs // world`"
     def __init__(self, dl:TensorDL, rank:int, world:int,
@@ -138,27 +138,38 @@ class DistribDL:
         self.n = len(self.sampler) if even or dl.drop_last else len(range(rank, dl.n, world))
     def __len__(self): return self.n // self.bs if self.dl.drop_last else -(-self.n // self.bs)
     def indices(self): return torch.tensor(list(self.sampler)[:self.n], dtype=torch.long)
-    def _generator(self):
-        "This rank's augmentation stream, a function of (seed, epoch, rank): a resumed run draws it again"
-        try: g = torch.Generator(device=self.device)
-        except RuntimeError: g = torch.Generator()
-        return g.manual_seed(hash((self.dl.seed, self.epoch, self.rank)) % 2**62)
-    def __iter__(self):
-        ds, dl = self.dl.dataset, self.dl
-        idx, g = self.indices().to(self.device), (self._generator() if dl.pad or dl.flip else None)
-        for b in range(len(self)):
-            i = idx[b * self.bs:(b + 1) * self.bs]
-            xb = batch_augment(_as_float(ds.x[i]), dl.pad, dl.flip, g)
-            yield (xb,) if ds.y is None else (xb, ds.y[i])
-    def one_batch(self): return next(iter(self))
-    def to_detach(self, b, cpu=True, gather=True):
-        "No gather per batch (fastai's would, under torchrun): reductions happen once, at epoch end"
-        from fastai.torch_core import to_detach
-        return to_detach(b, cpu, gather=False)
     def __getattr__(self, k):
         if k.startswith('__') or k == 'dl': raise AttributeError(k)
         return getattr(self.dl, k)
 
+# %% ../nbs/09_fast.ipynb #047d38bf
+@patch
+def _generator(self: DistribDL):
+    "This rank's augmentation stream, a function of (seed, epoch, rank): a resumed run draws it again"
+    try: g = torch.Generator(device=self.device)
+    except RuntimeError: g = torch.Generator()
+    return g.manual_seed(hash((self.dl.seed, self.epoch, self.rank)) % 2**62)
+
+@patch
+def __iter__(self: DistribDL):
+    ds, dl = self.dl.dataset, self.dl
+    idx, g = self.indices().to(self.device), (self._generator() if dl.pad or dl.flip else None)
+    for b in range(len(self)):
+        i = idx[b * self.bs:(b + 1) * self.bs]
+        xb = batch_augment(_as_float(ds.x[i]), dl.pad, dl.flip, g)
+        yield (xb,) if ds.y is None else (xb, ds.y[i])
+
+@patch
+def one_batch(self: DistribDL): return next(iter(self))
+
+# %% ../nbs/09_fast.ipynb #a045b702
+@patch
+def to_detach(self: DistribDL, b, cpu=True, gather=True):
+    "No gather per batch (fastai's would, under torchrun): reductions happen once, at epoch end"
+    from fastai.torch_core import to_detach
+    return to_detach(b, cpu, gather=False)
+
+# %% ../nbs/09_fast.ipynb #7e19138c
 class ShardDL(DistribDL):
     "A loader with an order of its own (e.g. class-aware sampling): every rank iterates it identically and keeps its contiguous share of each batch"
     def __init__(self, dl, rank, world): self.dl, self.rank, self.world = dl, rank, world
@@ -167,7 +178,6 @@ class ShardDL(DistribDL):
         for b in self.dl:
             n = len(b[-1]); i = slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
             yield tuple(t[i] for t in b)
-
 
 # %% ../nbs/09_fast.ipynb #4a346872
 def _reduce_metric(m):
@@ -191,7 +201,7 @@ class DistribTrain(Callback):
         m = self.learn.model   # on the data's device already (fastai's TrainEvalCallback, order -10)
         if self.sync_bn: m = self.learn.model = nn.SyncBatchNorm.convert_sync_batchnorm(m)   # keeps the Parameter objects
         dev = next(m.parameters()).device
-        self.module, self._p0 = m, next(m.parameters())   # building the wrapper broadcasts rank 0's parameters and buffers
+        self.module, self._p0 = m, next((p for p in m.parameters() if p.requires_grad), next(m.parameters()))   # a trained parameter (fine-tuning may freeze the first); building the wrapper broadcasts rank 0's parameters and buffers
         self.ddp = DDP(m, device_ids=[dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == 'cuda' else None, **self.ddp_kw)
         self._hook = self.ddp.register_forward_hook(self._after_forward)
         if self.rank: self.learn.logger = noop

@@ -40,7 +40,7 @@ def check_ldam_head(model, s, what='LDAM'):
         return False
     return True
 
-# %% ../nbs/05_learner.ipynb #3266ec23
+# %% ../nbs/05_learner.ipynb #5158b810
 class AdvTrain(Callback):
     "PGD adversarial training (Madry et al. 2018, https://arxiv.org/abs/1706.06083): train on PGD examples"
     order, run_valid = MixedPrecision.order + 1, False
@@ -57,39 +57,55 @@ class AdvTrain(Callback):
                  loss_kw=None,       # options of the loss factory, e.g. dict(s=1.) for RoBal's LDAM row
                  class_eps=None,     # None: one budget; 'robustlt': RobustLT's class-wise budgets and warm-up (`ltat.robustlt`)
                  robustlt_alpha=0.3, # RobustLT's a: share of the budget redistributed by class frequency
-                 robustlt_beta=0.8): # RobustLT's b: the budgets warm up over the first b*E epochs (0: no warm-up)
+                 robustlt_beta=0.8,  # RobustLT's b: the budgets warm up over the first b*E epochs (0: no warm-up)
+                 post_step=None):    # RobustLT's training log: e.g. ('adv', 'nat') runs x', then x, through the updated model (see below)
         check_eps(eps); check_eps(alpha, 'alpha'); check_steps(steps); check_choice(loss_on, ('train', 'attack', 'both'), 'loss_on')
         check_choice(class_eps, CLASS_EPS, 'class_eps')
+        if post_step is not None and (isinstance(post_step, str) or not all(k in ('adv', 'nat') for k in post_step)):
+            raise ValueError(f"post_step={post_step!r}; valid: None or a sequence of 'adv' (x') and 'nat' (x), e.g. ('adv', 'nat')")
         if isinstance(loss, str): check_registered(loss, LT_LOSSES, 'loss')
         elif loss is not None and not callable(loss): raise ValueError(f"loss={loss!r} must be None, a name in LT_LOSSES or a callable")
         store_attr(but='loss')
         self.lt_name, self.lt_loss, self._lt_state = loss, None, None   # not `self.loss`: subclasses and the learner use that name
 
-    def craft(self, x, y):
-        "The inner maximisation: PGD on `attack_loss` (or on the long-tailed loss when `loss_on` is 'attack'/'both')"
-        return pgd(self.learn.model, x, y, self.eps, self.alpha, self.steps, loss=self._attack_lf(), init=self.init,
-                   bn_eval=self.bn_eval, dtype=self.attack_dtype, validate=False)
+# %% ../nbs/05_learner.ipynb #9ca5b577
+@patch
+def craft(self: AdvTrain, x, y):
+    "The inner maximisation: PGD on `attack_loss` (or on the long-tailed loss when `loss_on` is 'attack'/'both')"
+    return pgd(self.learn.model, x, y, self.eps, self.alpha, self.steps, loss=self._attack_lf(), init=self.init,
+               bn_eval=self.bn_eval, dtype=self.attack_dtype, validate=False)
 
-    def train_loss(self, pred, *yb):
-        "The outer loss on f(x'): the learner's own loss (cross-entropy), or the long-tailed loss when `loss_on` is 'train'/'both'"
-        return self.lt_loss(pred, *yb) if self.lt_loss is not None and self.loss_on != 'attack' else self.old_lf(pred, *yb)
+@patch
+def _attack_lf(self: AdvTrain):
+    if self.lt_loss is None or self.loss_on == 'train': return self.attack_loss
+    return lambda z, y: self.lt_loss(z, y) * len(y)     # mean -> sum scale; a positive factor leaves sign-PGD unchanged
 
-    def _attack_lf(self):
-        if self.lt_loss is None or self.loss_on == 'train': return self.attack_loss
-        return lambda z, y: self.lt_loss(z, y) * len(y)     # mean -> sum scale; a positive factor leaves sign-PGD unchanged
+# %% ../nbs/05_learner.ipynb #187ab9d1
+@patch
+def train_loss(self: AdvTrain, pred, *yb):
+    "The outer loss on f(x'): the learner's own loss (cross-entropy), or the long-tailed loss when `loss_on` is 'train'/'both'"
+    return self.lt_loss(pred, *yb) if self.lt_loss is not None and self.loss_on != 'attack' else self.old_lf(pred, *yb)
 
-    def before_fit(self): self._checked, self._counts_t = False, None
-    def before_train(self): self.old_lf, self.learn.loss_func = self.learn.loss_func, self._lf
-    def before_batch(self):
-        x, y = to_plain(self.learn.xb[0]), to_plain(self.learn.yb[0])
-        if not getattr(self, '_checked', False): check_range(x, name='training inputs'); self._checked = True
-        self.x_nat, self.learn.xb = x, (self._craft_batch(x, y),)
-    def after_train(self):
-        if hasattr(self, 'old_lf'): self.learn.loss_func = self.old_lf; del self.old_lf
-    after_cancel_train = after_cancel_fit = after_train
-    def _lf(self, pred, *yb): return self.train_loss(pred, *yb) if self.training else self.old_lf(pred, *yb)
+# %% ../nbs/05_learner.ipynb #9d5c2322
+@patch
+def before_fit(self: AdvTrain): self._checked, self._counts_t = False, None
 
+@patch
+def before_train(self: AdvTrain): self.old_lf, self.learn.loss_func = self.learn.loss_func, self._lf
 
+@patch
+def before_batch(self: AdvTrain):
+    x, y = to_plain(self.learn.xb[0]), to_plain(self.learn.yb[0])
+    if not getattr(self, '_checked', False): check_range(x, name='training inputs'); self._checked = True
+    self.x_nat, self.learn.xb = x, (self._craft_batch(x, y),)
+
+@patch
+def after_train(self: AdvTrain):
+    if hasattr(self, 'old_lf'): self.learn.loss_func = self.old_lf; del self.old_lf
+AdvTrain.after_cancel_train = AdvTrain.after_cancel_fit = AdvTrain.after_train
+
+@patch
+def _lf(self: AdvTrain, pred, *yb): return self.train_loss(pred, *yb) if self.training else self.old_lf(pred, *yb)
 
 # %% ../nbs/05_learner.ipynb #211940ed
 @patch
@@ -263,3 +279,11 @@ def adv_learner(dls, model,
     learn = Learner(dls, model, metrics=metrics, cbs=cbs, **kwargs)
     learn.method = method
     return learn.to_fast(force=True) if fast else learn    # `Learner.to_fast` is patched in by `ltat.fast`
+
+# %% ../nbs/05_learner.ipynb #90e7e085
+@patch
+def after_step(self: AdvTrain):
+    "`post_step`: x' and/or x through the updated model in train mode, without gradient; the logits in `self.post_logits`"
+    if not self.post_step: return
+    m = getattr(self.learn.model, 'module', self.learn.model)       # the module itself under DistributedDataParallel
+    with torch.no_grad(): self.post_logits = {k: m(self.learn.xb[0] if k == 'adv' else self.x_nat) for k in self.post_step}

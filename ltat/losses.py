@@ -185,6 +185,7 @@ def cos_margin_loss(logits, y, s=10.0, m=0.2):
     "CosFace-style uniform margin on a scale-1 cosine head: CE(s * (cos - m on the true class), y)"
     return F.cross_entropy(s * (logits - m * F.one_hot(y, logits.shape[1]).to(logits.dtype)), y)
 
+# %% ../nbs/04_losses.ipynb #a68b7adb
 def _needs_counts(f):
     f.needs_counts = True
     return f
@@ -205,6 +206,7 @@ LT_LOSSES = {
     'robal': _needs_counts(lambda counts, **kw: (lambda z, y: robal_loss(z, y, counts, **kw))),
 }
 
+# %% ../nbs/04_losses.ipynb #8aaff165
 def make_lt_loss(name, counts=None, **kw):
     "Build the training loss `name` of `LT_LOSSES` (a callable `(logits, y)`), checking the name and the counts"
     if callable(name): return name

@@ -15,6 +15,7 @@ from .data import TensorDL, batch_augment, dataset_labels, train_counts
 from .losses import LT_LOSSES, cb_weights, ldam_loss, focal_loss, make_lt_loss, _counts, _needs_counts, on_device
 from .models import TDEHead
 from .learner import AdvTrain, adv_learner, SAMPLERS
+from .fast import distrib_fit_ctx
 
 # %% auto #0
 __all__ = ['DRW', 'DRWLoss', 'class_aware_order', 'ClassAwareDL', 'class_aware_dl', 'ClassAwareSampling', 'LWSHead', 'finetune',
@@ -61,7 +62,7 @@ LT_LOSSES['ldam_drw'] = _drw_factory(ldam_loss)
 LT_LOSSES['ce_drw'] = _drw_factory(lambda z, y, counts, weight=None: F.cross_entropy(z, y, weight=weight))
 LT_LOSSES['focal_drw'] = _drw_factory(lambda z, y, counts, weight=None, gamma=1.0: focal_loss(z, y, gamma, weight))
 
-# %% ../nbs/10_lt_at.ipynb #c0e4149d
+# %% ../nbs/10_lt_at.ipynb #408b063b
 def class_aware_order(labels, generator=None):
     "One epoch of RoBal's ClassAwareSampler: n_max*C indices, classes cycled in shuffled blocks, images cycled per class"
     dev = generator.device if generator is not None else labels.device
@@ -75,6 +76,7 @@ def class_aware_order(labels, generator=None):
         out[cls_seq == c] = idx[perm.flatten()[:n_max]]
     return out.to(labels.device)
 
+# %% ../nbs/10_lt_at.ipynb #1911bc2a
 class ClassAwareDL(TensorDL):
     "A `TensorDL` whose epoch is RoBal's class-aware sample: n_max*C images, classes equally often"
     def __init__(self, dataset, bs=128, drop_last=True, pad=0, flip=False, seed=0, device=None, shuffle=True):
@@ -92,6 +94,7 @@ class ClassAwareDL(TensorDL):
         args = dict(bs=self.bs, drop_last=self.drop_last, pad=self.pad, flip=self.flip, seed=self.seed, **kwargs)
         return ClassAwareDL(self.dataset, **args)
 
+# %% ../nbs/10_lt_at.ipynb #e21e21e7
 def class_aware_dl(dl, seed=None):
     "A class-aware copy of `dl` (same data, batch size, augmentation): a `ClassAwareDL` of a `TensorDL`, else the fastai loader with this order"
     seed = getattr(dl, 'seed', 0) if seed is None else seed
@@ -101,6 +104,7 @@ def class_aware_dl(dl, seed=None):
     g = torch.Generator().manual_seed(seed)
     return dl.new(n=int(n.max()) * len(n), shuffle=True, shuffle_fn=lambda idxs: class_aware_order(y, g).tolist())   # fastai's hook for the order
 
+# %% ../nbs/10_lt_at.ipynb #8dd9f01b
 class ClassAwareSampling(Callback):
     "Train on RoBal's class-aware re-sampling: swap `dls.train` for a `ClassAwareDL` during the fit"
     order = 0
@@ -113,7 +117,7 @@ class ClassAwareSampling(Callback):
 
 SAMPLERS['class_aware'] = ClassAwareSampling     # `adv_learner(..., sampler='class_aware')`
 
-# %% ../nbs/10_lt_at.ipynb #1ca7ed3d
+# %% ../nbs/10_lt_at.ipynb #9eb1233c
 class LWSHead(nn.Module):
     "Learnable weight scaling (Kang et al. 2020): h_i = s_i * W_i^T f, s initialised to 1, the linear head's bias dropped"
     def __init__(self, head):
@@ -125,6 +129,7 @@ class LWSHead(nn.Module):
         z = f @ self.head.weight.t() if isinstance(self.head, nn.Linear) else self.head(f)
         return z * self.scale
 
+# %% ../nbs/10_lt_at.ipynb #1f730fe8
 def _adv_cb(learn): return next((c for c in learn.cbs if isinstance(c, AdvTrain)), None)
 
 def finetune(learn, kind, epochs=1, lr=0.1, params=None, **kwargs):
@@ -145,7 +150,7 @@ def finetune(learn, kind, epochs=1, lr=0.1, params=None, **kwargs):
     else: kw.update(method='natural', loss_func=make_lt_loss('cb', train_counts(learn.dls)) if kind == 'rw' else learn.loss_func)
     try:
         ft = adv_learner(learn.dls, model, **{**akw, **kw, **kwargs})
-        ft.fit(epochs, lr)
+        with distrib_fit_ctx(ft): ft.fit(epochs, lr)   # data-parallel under torchrun, a no-op otherwise
     finally:
         for p in frozen: p.requires_grad_(True)
     return ft

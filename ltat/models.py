@@ -67,6 +67,7 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
+# %% ../nbs/02_models.ipynb #6e66b956
 class PreActBlock(nn.Module):
     "Pre-activation residual block (He et al. 2016b): BN-ReLU before each conv; 1x1 conv shortcut (no BN) when the shape changes"
     def __init__(self, ci, co, stride=1):
@@ -81,6 +82,7 @@ class PreActBlock(nn.Module):
         out = self.conv2(F.relu(self.bn2(self.conv1(out))))
         return out + sc
 
+# %% ../nbs/02_models.ipynb #cb018cf1
 class ResNet(nn.Module):
     "CIFAR ResNet trunk (3x3 stride-1 stem, no max-pool, four stages, global avgpool) returning the penultimate feature"
     def __init__(self, layers=(2, 2, 2, 2), in_ch=3, width=64, preact=False):
@@ -212,6 +214,7 @@ def linear_head(feat_dim, n_classes,
     if bias: lin.bias.requires_grad_(bool(train_bias))
     return lin
 
+# %% ../nbs/02_models.ipynb #d52657b2
 def prior_bias(counts):
     "The focal loss's prior initialisation of the bias, b_c = -log((1 - pi_c) / pi_c) with pi_c = n_c / N"
     n = torch.as_tensor(counts, dtype=torch.float64)
@@ -219,6 +222,7 @@ def prior_bias(counts):
     pi = n / n.sum()
     return (-torch.log((1 - pi) / pi)).float()
 
+# %% ../nbs/02_models.ipynb #b35a2e9f
 class CosineHead(nn.Module):
     "RoBal's cosine classifier (CVPR'21 §4.1-4.2): `scale * normalize(f) @ (W / (||W_i|| + gamma)).T` (+ bias)"
     def __init__(self, feat_dim, n_classes, scale=1.0, gamma=1/32, bias=False):
@@ -245,6 +249,7 @@ class CosineHead(nn.Module):
     def extra_repr(self):
         return f"feat_dim={self.feat_dim}, n_classes={self.n_classes}, scale={self.scale:g}, gamma={self.gamma:g}, bias={self.bias is not None}"
 
+# %% ../nbs/02_models.ipynb #2e2dc407
 class TDEHead(nn.Module):
     "RoBal's simplified TDE classifier: cosine head (scale 16) with a running feature direction removed at inference"
     def __init__(self, feat_dim, n_classes, scale=16.0, gamma=1/32, mu=0.9, alpha=0.1, posthoc=True):
@@ -289,10 +294,12 @@ class LTModel(nn.Module):
     def features(self, x): return self.body(self.norm(x))
     def forward(self, x): return self.head(self.features(x))
 
+# %% ../nbs/02_models.ipynb #39958640
 def lt_splitter(model):
     "Parameter groups `[body, head]` for fastai's `splitter` (freeze the body, or per-group learning rates)"
     return [list(model.body.parameters()), list(model.head.parameters())]
 
+# %% ../nbs/02_models.ipynb #937af523
 class UnknownKwargError(TypeError, ValueError):
     "A keyword argument that neither the architecture nor the head accepts (both a `TypeError` and a `ValueError`)"
 
@@ -307,6 +314,7 @@ def _make_norm(mean, std, in_ch):
     if norm.mean.numel() not in (1, in_ch): raise ValueError(f"mean/std have {norm.mean.numel()} values but in_ch={in_ch}")
     return norm
 
+# %% ../nbs/02_models.ipynb #15fb2c72
 def create_model(arch, n_classes, in_ch=3, head='linear', mean=None, std=None, counts=None, **kwargs):
     "`LTModel` with backbone `arch` (ltat's or timm's), classifier `head` and, if `mean`/`std` are given, normalisation as first layer"
     if isinstance(kwargs.get('bias_init'), str):                    # a named initialisation, resolved with the class counts

@@ -217,13 +217,19 @@ PRESETS = {
 _RLT_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))   # RobustLT's core/data/cifar10lt.py `DATA_DESC`
 _RLT = dict(arch='wrn28_10', arch_kw=_RLT_STATS, seed=102, schedule=dict(milestones=(76, 91), gamma=0.1), select='last',
             attacks=('clean', 'pgd20', 'cw20', 'aa'), reported=None)
-_RLT_ATTACK = dict(init='uniform', bn_eval=False)                               # `AdversarialTraining.get_adversarial_examples`
+# `AdversarialTraining.get_adversarial_examples` (uniform start, batch statistics), `.update` (x', then x, after the step)
+_RLT_ATTACK = dict(init='uniform', bn_eval=False, post_step=('adv', 'nat'))
 _RLT_ON = dict(class_eps='robustlt', robustlt_alpha=0.3, robustlt_beta=0.8)      # configs/cifar10lf/robustlt_*_cifar10.yaml
-def _rlt(method, cfg, on, **mkw):
-    return _r(method=method, **_RLT, method_kw={**_RLT_ATTACK, **mkw, **(_RLT_ON if on else {})},
+def _rlt(method, cfg, on, run=None, **mkw):
+    "A RobustLT row: the common recipe `_RLT` (with `run`'s changes), `cfg`'s method options `mkw`, with RobustLT if `on`"
+    return _r(method=method, **{**_RLT, **(run or {})}, method_kw={**_RLT_ATTACK, **mkw, **(_RLT_ON if on else {})},
               source=_src('robustlt', "Tables of CIFAR-10-LT (IR 50), rows with and without RobustLT",
                           f"{_CODE['robustlt']}, configs/cifar10lf/{'robustlt_' if on else ''}{cfg}_cifar10.yaml, train.py, "
                           f"core/methods/{cfg}.py" + (", core/methods/robustlt.py" if on else '')))
+
+_RLT_80 = dict(epochs=80, schedule=dict(milestones=(61, 76), gamma=0.1))
+_RLT_AWP = dict(epochs=200, schedule=dict(milestones=(101, 151), gamma=0.1))
+_RLT_ROBAL = dict(**_RLT_80, bs=64, steps=5, head='cosine', arch_kw=dict(**_RLT_STATS, scale=1., gamma=1/32))
 
 PRESETS.update({
     'pgd_at-rlt-cifar10-lt': _rlt('pgd_at', 'pgdat', False),
@@ -231,8 +237,20 @@ PRESETS.update({
     'at_bsl-rlt-cifar10-lt': _rlt('at_bsl', 'atbsl', False),
     'robustlt-at_bsl-cifar10-lt': _rlt('at_bsl', 'atbsl', True),
     # RobustLT's re-implementation of TAET: `current_epoch < 40` with epochs from 1 = 39 natural epochs; its common attack
-    'taet-rlt-cifar10-lt': _rlt('taet', 'taet', False, ce_epochs=39),
-    'robustlt-taet-cifar10-lt': _rlt('taet', 'taet', True, ce_epochs=39),
+    # (and its `update` logs x before x')
+    'taet-rlt-cifar10-lt': _rlt('taet', 'taet', False, ce_epochs=39, post_step=('nat', 'adv')),
+    'robustlt-taet-cifar10-lt': _rlt('taet', 'taet', True, ce_epochs=39, post_step=('nat', 'adv')),
+    # AWP: 200 epochs, MultiStepLR([100, 150]); gamma 0.005 from epoch 1 (`current_epoch > awp_warmup`, 0, epochs from 1);
+    # the ascent step is the model's own optimiser's (core/methods/awp.py), not a proxy's
+    'awp-rlt-cifar10-lt': _rlt('awp', 'awp', False, _RLT_AWP, gamma=0.005, warmup=0, ascent='model'),
+    'robustlt-awp-cifar10-lt': _rlt('awp', 'awp', True, _RLT_AWP, gamma=0.005, warmup=0, ascent='model'),
+    # REAT: 80 epochs, MultiStepLR([60, 75]); AE predictions counted on the log's pass of x' after the step (core/methods/reat.py)
+    'reat-rlt-cifar10-lt': _rlt('reat', 'reat', False, _RLT_80, count_mode='post_step'),
+    'robustlt-reat-cifar10-lt': _rlt('reat', 'reat', True, _RLT_80, count_mode='post_step'),
+    # RoBal: RoBal-R's loss (m 0.1, s 10, tau_b 1.5, tau_m 0.3, beta 6), the CosPlus head (scale 1, gamma 1/32, no bias) evaluated
+    # as it is (`posthoc: False`), batch 64, PGD-5 of the common attack, 80 epochs, MultiStepLR([60, 75])
+    'robal-rlt-cifar10-lt': _rlt('robal', 'robal', False, _RLT_ROBAL, preset='cifar10-r'),
+    'robustlt-robal-cifar10-lt': _rlt('robal', 'robal', True, _RLT_ROBAL, preset='cifar10-r'),
     # TAET's own code: 40 natural epochs (`epoch < ce_epochs`, epochs from 0), HARL's attack (0.001 N start, 10 x 0.003 in 0.031, eval BN)
     'taet-cifar10-lt': _r(method='taet', method_kw=dict(ce_epochs=40), eps=0.031, alpha=0.003, schedule=dict(milestones=(76, 91), gamma=0.1),
                           select='last', attacks=('clean', 'fgsm', 'pgd20', 'pgd100', 'aa'), reported=None,
@@ -285,7 +303,7 @@ _RESTORED = 'train, running statistics restored'
 _ROBAL_LRS = '0.1 (1-59), 0.01 to 1e-16, ×0.1 per epoch (60-74), 1e-18 to 1e-28, ×0.01 per epoch (75-80)'
 _NO_TABLE = "no long-tailed table reports this recipe: ltat evaluates it as every row of its tables"
 
-# %% ../nbs/17_presets.ipynb #f2cac9c4
+# %% ../nbs/17_presets.ipynb #44291c66
 def _official_at_bsl(script, data):
     c = _CODE['at_bsl']; s = f"{c}, {script}"
     return dict(
@@ -310,6 +328,7 @@ def _official_at_bsl(script, data):
         autoattack=('torchattacks', f"{c}, eval.py (`torchattacks.AutoAttack(..., version='standard', n_classes=C)`)"),
         eval_model=(None, f"{c}, eval.py"))
 
+# %% ../nbs/17_presets.ipynb #e489a903
 def _official_reat(data, data_src):
     c = _CODE['reat']; s = f"{c}, train.py"; paper = "REAT paper, §5 and Table 1"
     return dict(
@@ -327,6 +346,7 @@ def _official_reat(data, data_src):
         eval_eps=(8/255, paper), eval_attacks=(('clean', 'pgd20', 'pgd100', 'cw100', 'aa'), paper, "the repository has no evaluation script"),
         autoattack=('standard', paper), eval_model=(None, paper))
 
+# %% ../nbs/17_presets.ipynb #258d19d6
 def _official_robal(cfg, eval_cfg, data, model, loss, eval_model):
     c = _CODE['robal']; s = f"{c}, {cfg}"; t = f"{c}, train.py"
     return dict(
@@ -347,7 +367,7 @@ def _official_robal(cfg, eval_cfg, data, model, loss, eval_model):
         autoattack=('apgd-ce + apgd-t', f"{c}, attacks/auto_attack.py (`attacks_to_run`)"),
         eval_model=(eval_model, f"{c}, {eval_cfg}" if eval_cfg else s))
 
-# %% ../nbs/17_presets.ipynb #78e9a537
+# %% ../nbs/17_presets.ipynb #b86905ce
 def _unstated(note): return (UNSTATED, '', note)
 
 def _official_paper_only(paper, data, model, epochs, eps, alpha, steps, eval_attacks, **kw):
@@ -362,6 +382,7 @@ def _official_paper_only(paper, data, model, epochs, eps, alpha, steps, eval_att
 _LTAT_SUBSET = _unstated("ltat: the LDAM-DRW subset with seed 0, as every long-tailed code [INFERRED]")
 _LTAT_ATBSL = "ltat: AT-BSL's [UNCONFIRMED]"
 
+# %% ../nbs/17_presets.ipynb #71891408
 def _official_self_distill(data, table):
     p = f"Self-Distill paper, §5.1 and {table}"
     return _official_paper_only(p, data, 'resnet18', 100, 8/255, None, 10, ('clean', 'pgd20', 'aa'),
@@ -387,6 +408,7 @@ def _official_srat(data, table, ldam=False):
                                     f"head (`NormedLinear`, {_CODE['ldam']}, models/resnet_cifar.py) [INFERRED]")
     return d
 
+# %% ../nbs/17_presets.ipynb #f2c65319
 def _official_common(method_settings):
     "A balanced-data baseline of the Self-Distill tables: the table's data and evaluation; the method's own attack; the rest not stated"
     p = "Self-Distill paper, §5.1 and Table 1"
@@ -474,13 +496,14 @@ OFFICIAL = {
                    select="it saves every epoch and measures clean accuracy only")),
 }
 
-# %% ../nbs/17_presets.ipynb #41bc9f29
+# %% ../nbs/17_presets.ipynb #eb678c22
 _AUA = ((4, 'zero', True, 'AutoAugment'), 'aua', 'AutoAugment (CIFAR-10 policy), then the crop and flip')
 _RLT_BN = 'train mode, batch statistics; `track_running_stats` off, so the running statistics stay as they were'
-def _official_rlt(cfg, on, loss, augmentation=(_ZERO_CROP, 'base')):
+def _official_rlt(cfg, on, loss, augmentation=(_ZERO_CROP, 'base'), over=None):
+    "RobustLT's protocol for config `cfg` (with RobustLT if `on`); `over`: settings this config changes, read from it"
     c = _CODE['robustlt']; y = f"{c}, configs/cifar10lf/{'robustlt_' if on else ''}{cfg}_cifar10.yaml"; t = f"{c}, train.py"
     a = f"{c}, core/methods/utils.py (`AdversarialTraining`)"; p = f"{c}, core/trainer/parser.py"
-    return dict(
+    d = dict(
         data=(('cifar10', 50, 'exp'), f"{y} (`imbalance_rate: 50`; `--imbalance_type exp`)"),
         subset_seed=(102, f"{c}, core/data/split/cifar10-exp50-seed102.npz", "the split is a stored file drawn with seed 102 (also 103, 104)"),
         seed=(102, f"{p} (`--seed`)"), model=('wrn28_10', f"{y} (`model: wrn-28-10`, `classifier: FC`)"),
@@ -490,14 +513,18 @@ def _official_rlt(cfg, on, loss, augmentation=(_ZERO_CROP, 'base')):
         epochs=(100, y), optimizer=('SGD, Nesterov momentum 0.9, L2 weight decay on every parameter', f"{c}, core/trainer/__init__.py (`init_optimizer`); {p} (`--nesterov True`)"),
         wd=(5e-4, p), schedule=('0.1 (1-75), 0.01 (76-90), 0.001 (91-100)', f"{y} (`MultiStepLR([75, 90])`); {t} (`scheduler.step()` after each epoch)"),
         eps=(8/255, p), alpha=(2/255, p), steps=(10, p), attack_start=('uniform', a, "at the uniform budget, also under RobustLT"),
-        attack_bn=(_RESTORED, a, _RLT_BN), loss=(loss, y), precision=('float32', t),
+        attack_bn=(_RESTORED, a, _RLT_BN), precision=('float32', t),
+        loss=(loss, f"{y}; {c}, core/methods/{cfg}.py" + (", core/methods/robustlt.py" if on else '') + f"; {a[len(c) + 2:]} (`update`)"),
         select=('last', t, "`weights-best.pt` is written only with `--validation`, which no config sets"),
         eval_eps=(8/255, f"{c}, core/trainer/__init__.py (`init_attack`)"),
         eval_attacks=(('clean', 'pgd20', 'aa'), f"{c}, core/trainer/__init__.py (`init_attack`), eval.py", "PGD-20 with step 1/255"),
         autoattack=('standard', f"{c}, core/trainer/__init__.py (`core.metrics.AutoAttack(version='standard', n_classes=C)`)",
                     "the repository's own core/metrics.py implementation; ltat has not compared it with fra31/auto-attack"),
         eval_model=(None, t))
+    d.update({k: (v, y) for k, v in (over or {}).items()})
+    return d
 
+# %% ../nbs/17_presets.ipynb #f08405b2
 def _official_taet():
     c = _CODE['taet']; h = f"{c}, code/HARL.py"; d = f"{c}, code/TAET_demo.ipynb"
     return dict(
@@ -512,13 +539,30 @@ def _official_taet():
         eval_attacks=(('clean', 'fgsm', 'pgd20', 'pgd100', 'aa'), d, "torchattacks, PGD with step 1/255; also CW (c 10, 100 steps)"),
         autoattack=('torchattacks', f"{d} (`torchattacks.AutoAttack(version='standard', n_classes=10)`)"), eval_model=(None, d))
 
+# %% ../nbs/17_presets.ipynb #cc32ef04
+_RLT_LOG = "; after each step x', x forwarded in train mode"            # `AdversarialTraining.update` (the training log)
+_RLT_EQ = "; RobustLT a 0.3, b 0.8"
+_RLT_SCHED80 = '0.1 (1-60), 0.01 (61-75), 0.001 (76-80)'
+_RLT_O80 = dict(epochs=80, schedule=_RLT_SCHED80)
+_RLT_OAWP = dict(epochs=200, schedule='0.1 (1-100), 0.01 (101-150), 0.001 (151-200)')
+_RLT_OROBAL = dict(**_RLT_O80, bs=64, steps=5, model='wrn28_10, cosine head (scale 1, gamma 0.03125)')
+_RLT_L = dict(awp="AT-AWP (cross-entropy); gamma 0.005, ascent by the model's own optimiser step, weight perturbation from epoch 1",
+              reat='RBL attack; BSL + TAIL (code); AE predictions counted after the step',
+              robal='m0 0.1, s 10, tau_b 1.5, tau_m 0.3, beta_reg 6')
 OFFICIAL.update({
-    'pgd_at-rlt-cifar10-lt': _official_rlt('pgdat', False, 'cross-entropy'),
-    'robustlt-pgd_at-cifar10-lt': _official_rlt('pgdat', True, 'cross-entropy; RobustLT a 0.3, b 0.8'),
-    'at_bsl-rlt-cifar10-lt': _official_rlt('atbsl', False, 'balanced softmax, tau 1', _AUA),
-    'robustlt-at_bsl-cifar10-lt': _official_rlt('atbsl', True, 'balanced softmax, tau 1; RobustLT a 0.3, b 0.8', _AUA),
-    'taet-rlt-cifar10-lt': _official_rlt('taet', False, 'cross-entropy for 39 epochs, then HARL: a 0.1, b 0.1, g 0.1'),
-    'robustlt-taet-cifar10-lt': _official_rlt('taet', True, 'cross-entropy for 39 epochs, then HARL: a 0.1, b 0.1, g 0.1; RobustLT a 0.3, b 0.8'),
+    'pgd_at-rlt-cifar10-lt': _official_rlt('pgdat', False, 'cross-entropy' + _RLT_LOG),
+    'robustlt-pgd_at-cifar10-lt': _official_rlt('pgdat', True, 'cross-entropy' + _RLT_EQ + _RLT_LOG),
+    'at_bsl-rlt-cifar10-lt': _official_rlt('atbsl', False, 'balanced softmax, tau 1' + _RLT_LOG, _AUA),
+    'robustlt-at_bsl-cifar10-lt': _official_rlt('atbsl', True, 'balanced softmax, tau 1' + _RLT_EQ + _RLT_LOG, _AUA),
+    'taet-rlt-cifar10-lt': _official_rlt('taet', False, "cross-entropy for 39 epochs, then HARL: a 0.1, b 0.1, g 0.1; after each step x, x' forwarded in train mode"),
+    'robustlt-taet-cifar10-lt': _official_rlt('taet', True, "cross-entropy for 39 epochs, then HARL: a 0.1, b 0.1, g 0.1" + _RLT_EQ +
+                                              "; after each step x, x' forwarded in train mode"),
+    'awp-rlt-cifar10-lt': _official_rlt('awp', False, _RLT_L['awp'] + _RLT_LOG, over=_RLT_OAWP),
+    'robustlt-awp-cifar10-lt': _official_rlt('awp', True, _RLT_L['awp'] + _RLT_EQ + _RLT_LOG, over=_RLT_OAWP),
+    'reat-rlt-cifar10-lt': _official_rlt('reat', False, _RLT_L['reat'] + _RLT_LOG, over=_RLT_O80),
+    'robustlt-reat-cifar10-lt': _official_rlt('reat', True, _RLT_L['reat'] + _RLT_EQ + _RLT_LOG, over=_RLT_O80),
+    'robal-rlt-cifar10-lt': _official_rlt('robal', False, _RLT_L['robal'] + _RLT_LOG, over=_RLT_OROBAL),
+    'robustlt-robal-cifar10-lt': _official_rlt('robal', True, _RLT_L['robal'] + _RLT_EQ + _RLT_LOG, over=_RLT_OROBAL),
     'taet-cifar10-lt': _official_taet(),
 })
 
@@ -567,9 +611,10 @@ DIFFERENCES.update({
     'at_bsl-rlt-cifar10-lt': dict(**_D_RLT, augmentation=((4, 'zero', True), _D_AUA)),
     'robustlt-at_bsl-cifar10-lt': dict(**_D_RLT, augmentation=((4, 'zero', True), _D_AUA)),
     'taet-rlt-cifar10-lt': _D_RLT, 'robustlt-taet-cifar10-lt': _D_RLT, 'taet-cifar10-lt': _D_TAET,
+    **{f'{r}{m}-{"rlt-" if not r else ""}cifar10-lt': _D_RLT for m in ('awp', 'reat', 'robal') for r in ('', 'robustlt-')},
 })
 
-# %% ../nbs/17_presets.ipynb #dc50bfcd
+# %% ../nbs/17_presets.ipynb #47216aa4
 def _method_cb(r):
     "The method callback a recipe trains with (its defaults filled in); None for natural training"
     cls = METHODS[r['method']]
@@ -577,15 +622,19 @@ def _method_cb(r):
     ok = _method_params(cls)
     return cls(eps=r['eps'], alpha=r['alpha'], steps=r['steps'], **{k: v for k, v in r['method_kw'].items() if k in ok})
 
+# %% ../nbs/17_presets.ipynb #ae4acc3f
 def _model_str(r):
     kw = dict(r.get('arch_kw') or {})
     head = kw.pop('head', r.get('head', 'linear'))
     if head == 'linear': return r['arch']
     return f"{r['arch']}, {head} head (" + ', '.join(f"{k} {kw[k]:g}" for k in ('scale', 'gamma') if k in kw) + ')'
 
+_POST = {'adv': "x'", 'nat': 'x'}
+
 def _loss_str(r, cb):
     s = _loss_str0(r, cb)
     if getattr(cb, 'class_eps', None) == 'robustlt': s += f"; RobustLT a {cb.robustlt_alpha:g}, b {cb.robustlt_beta:g}"
+    if getattr(cb, 'post_step', None): s += '; after each step ' + ', '.join(_POST[k] for k in cb.post_step) + ' forwarded in train mode'
     return s
 
 def _loss_str0(r, cb):
@@ -595,9 +644,12 @@ def _loss_str0(r, cb):
     if m in ('trades', 'mart'): return f"{m.upper()}, beta {cb.beta:g}"
     if m == 'awp':
         base = f"TRADES-AWP, beta {cb.beta:g}" if cb.variant == 'trades' else 'AT-AWP (cross-entropy)'
-        return f"{base}; gamma {cb.gamma:g}, proxy lr {cb.awp_lr:g}, weight perturbation from epoch {cb.warmup + 1}"
+        step = "ascent by the model's own optimiser step" if cb.ascent == 'model' else f"proxy lr {cb.awp_lr:g}"
+        return f"{base}; gamma {cb.gamma:g}, {step}, weight perturbation from epoch {cb.warmup + 1}"
     if m == 'at_bsl': return f"balanced softmax, tau {cb.tau:g}"
-    if m == 'reat': return f"RBL attack; {cb.loss.upper()}" + (f" + TAIL ({cb.tail_variant})" if cb.tail else '')
+    if m == 'reat':
+        s = f"RBL attack; {cb.loss.upper()}" + (f" + TAIL ({cb.tail_variant})" if cb.tail else '')
+        return s + {'train': '', 'eval': '; AE predictions counted on an eval-mode pass', 'post_step': '; AE predictions counted after the step'}[cb.count_mode]
     if m == 'robal': return ', '.join(f"{k} {getattr(cb, k):g}" for k in ('m0', 's', 'tau_b', 'tau_m', 'beta_reg'))
     if m == 'srat': return f"SRAT-{cb.loss}: lambda {cb.lam:g}, tau {cb.tau:g}, class-balanced weights (beta {cb.beta:g}) from epoch {cb.drw_epoch + 1}"
     if m == 'self_distill':
@@ -607,6 +659,7 @@ def _loss_str0(r, cb):
         return (f"cross-entropy for {cb.ce_epochs} epochs, then HARL: a {cb.taet_alpha:g}, b {cb.taet_beta:g}, g {cb.taet_gamma:g}")
     return type(cb).__name__
 
+# %% ../nbs/17_presets.ipynb #019b28e2
 def protocol(name) -> dict:
     "ltat's value of every setting of `PROTOCOL_SETTINGS` for preset `name`, read from the preset and the defaults of the code it runs"
     r = preset(name); cb = _method_cb(r)

@@ -7,7 +7,7 @@ Docs: https://ltat-dev.github.io/ltat/reat.html.md"""
 # %% ../nbs/14_reat.ipynb #e93851f4
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch
 from .core import check_choice, dist_sum
 from .attacks import pgd, attack_mode
 from .losses import rbl_weights, tail_reg, bsl_loss, focal_loss, ldam_loss
@@ -30,7 +30,7 @@ class HeadInput:
     def _hook(self, mod, inp): self.feats = inp[0]
     def remove(self): self._h.remove(); self.feats = None
 
-# %% ../nbs/14_reat.ipynb #52d2ae1a
+# %% ../nbs/14_reat.ipynb #54492cac
 REAT_LOSSES = ('bsl', 'ce', 'focal', 'ldam')
 
 @register_method('reat')
@@ -41,69 +41,103 @@ class REATTrain(AdvTrain):
                  loss='bsl',             # outer loss on f(x'): 'bsl' (REAT), 'ce', 'focal', 'ldam' (Table 1 ablation)
                  tail=True,              # add the TAIL regulariser (False: "RBL w/o TAIL" of Table 2)
                  tail_variant='code',    # 'code' (the authors' computation), 'pair' (per pair, code's sign), 'paper' (per pair, prose's sign)
-                 count_mode='train',     # count AE predictions on the train-mode forward (code) or 'eval' (extra pass)
+                 count_mode='train',     # count AE predictions on the train-mode forward (code), 'eval' (extra pass) or 'post_step' (RobustLT)
                  ae_floor=None,          # None: faithful; a number: clamp AE counts to >= it (no zero-count blow-up)
                  **kwargs):              # `AdvTrain` arguments (eps, alpha, steps, init, bn_eval, attack_dtype)
         super().__init__(**kwargs)
         check_choice(loss, REAT_LOSSES, 'loss'); check_choice(tail_variant, ('code', 'pair', 'paper'), 'tail_variant')
-        check_choice(count_mode, ('train', 'eval'), 'count_mode')
+        check_choice(count_mode, ('train', 'eval', 'post_step'), 'count_mode')
+        if count_mode == 'post_step' and 'adv' not in (self.post_step or ()):
+            raise ValueError(f"count_mode='post_step' counts on the pass of x' after the step: it needs post_step with 'adv' "
+                             f"(e.g. post_step=('adv', 'nat')), got post_step={self.post_step!r}")
         if ae_floor is not None and not (isinstance(ae_floor, (int, float)) and ae_floor > 0):
             raise ValueError(f"ae_floor={ae_floor!r} must be None or a positive number")
         store_attr('counts,loss,tail,tail_variant,count_mode,ae_floor')
         self.ae_counts = self.next_counts = None
 
-    def before_fit(self):
-        super().before_fit()
-        self.n = self.class_counts().cpu()            # clean counts n_c (validated once, see `AdvTrain.class_counts`)
-        if self.loss == 'ldam': check_ldam_head(self.learn.model, 30., "REAT with loss='ldam'")
-        if (self.n < 1).any(): raise ValueError(f"counts={self.n.tolist()}: every class needs at least one sample")
-        if self.ae_counts is None: self.ae_counts = self.n.clone()   # epoch 0: the clean counts
-        if self.next_counts is None: self.next_counts = torch.zeros_like(self.n)
+# %% ../nbs/14_reat.ipynb #fd2e3b20
+@patch
+def before_fit(self: REATTrain):
+    "Read the clean counts n_c; in epoch 0 the AE counts are the clean counts"
+    super(REATTrain, self).before_fit()
+    self.n = self.class_counts().cpu()            # clean counts n_c (validated once, see `AdvTrain.class_counts`)
+    if self.loss == 'ldam': check_ldam_head(self.learn.model, 30., "REAT with loss='ldam'")
+    if (self.n < 1).any(): raise ValueError(f"counts={self.n.tolist()}: every class needs at least one sample")
+    if self.ae_counts is None: self.ae_counts = self.n.clone()   # epoch 0: the clean counts
+    if self.next_counts is None: self.next_counts = torch.zeros_like(self.n)
 
-    def before_train(self):
-        super().before_train()
-        self.hook = HeadInput(self.learn.model)
-        dev = next(self.learn.model.parameters()).device
-        self.n, self.ae_counts, self.next_counts = self.n.to(dev), self.ae_counts.to(dev), self.next_counts.to(dev)
-        a = self.ae_counts if self.ae_floor is None else self.ae_counts.clamp(min=self.ae_floor)
-        self.w = rbl_weights(self.n, a).to(dev).float()   # fixed for the whole epoch
+@patch
+def before_train(self: REATTrain):
+    "Hook the penultimate features and build this epoch's RBL weights from the previous epoch's AE counts"
+    super(REATTrain, self).before_train()
+    self.hook = HeadInput(self.learn.model)
+    dev = next(self.learn.model.parameters()).device
+    self.n, self.ae_counts, self.next_counts = self.n.to(dev), self.ae_counts.to(dev), self.next_counts.to(dev)
+    a = self.ae_counts if self.ae_floor is None else self.ae_counts.clamp(min=self.ae_floor)
+    self.w = rbl_weights(self.n, a).to(dev).float()   # fixed for the whole epoch
 
-    def rbl(self, logits, y):
-        "The Re-Balancing Loss: cross-entropy weighted by the true label's RBL weight (weighted mean)"
-        return F.cross_entropy(logits, y, weight=self.w)
+# %% ../nbs/14_reat.ipynb #d90504da
+@patch
+def rbl(self: REATTrain, logits, y):
+    "The Re-Balancing Loss: cross-entropy weighted by the true label's RBL weight (weighted mean)"
+    return F.cross_entropy(logits, y, weight=self.w)
 
-    def craft(self, x, y):
-        "PGD on RBL (a positive rescaling of the loss does not change sign-gradient steps)"
-        xa = pgd(self.learn.model, x, y, self.eps, self.alpha, self.steps, loss=self.rbl, init=self.init,
-                 bn_eval=self.bn_eval, dtype=self.attack_dtype, validate=False)
-        if self.count_mode == 'eval':
-            with torch.no_grad(), attack_mode(self.learn.model): self._count(self.learn.model(xa))
-        return xa
+@patch
+def craft(self: REATTrain, x, y):
+    "PGD on RBL (a positive rescaling of the loss does not change sign-gradient steps)"
+    xa = pgd(self.learn.model, x, y, self.eps, self.alpha, self.steps, loss=self.rbl, init=self.init,
+             bn_eval=self.bn_eval, dtype=self.attack_dtype, validate=False)
+    if self.count_mode == 'eval':
+        with torch.no_grad(), attack_mode(self.learn.model): self._count(self.learn.model(xa))
+    return xa
 
-    def _count(self, logits):
-        self.next_counts += torch.bincount(logits.detach().argmax(1), minlength=len(self.n)).to(self.next_counts)
+@patch
+def _count(self: REATTrain, logits):
+    self.next_counts += torch.bincount(logits.detach().argmax(1), minlength=len(self.n)).to(self.next_counts)
 
-    def train_loss(self, pred, y):
-        "L = BSL(f(x'), y) + TAIL(f'(x'), y), counting the AE predictions on the way"
-        if self.count_mode == 'train': self._count(pred)
-        if self.loss == 'bsl':     l = bsl_loss(pred, y, self.n)
-        elif self.loss == 'ce':    l = F.cross_entropy(pred, y)
-        elif self.loss == 'focal': l = focal_loss(pred, y)
-        else:                      l = ldam_loss(pred, y, self.n)
-        if self.tail: l = l + tail_reg(self.hook.feats, y, self.n, variant=self.tail_variant)
-        return l
+# %% ../nbs/14_reat.ipynb #07b812ca
+@patch
+def train_loss(self: REATTrain, pred, y):
+    "L = BSL(f(x'), y) + TAIL(f'(x'), y), counting the AE predictions on the way"
+    if self.count_mode == 'train': self._count(pred)
+    if self.loss == 'bsl':     l = bsl_loss(pred, y, self.n)
+    elif self.loss == 'ce':    l = F.cross_entropy(pred, y)
+    elif self.loss == 'focal': l = focal_loss(pred, y)
+    else:                      l = ldam_loss(pred, y, self.n)
+    if self.tail: l = l + tail_reg(self.hook.feats, y, self.n, variant=self.tail_variant)
+    return l
 
-    def after_train(self):
-        # epoch end: this epoch's AE predictions (summed over processes) weight next epoch's attack
-        self.ae_counts, self.next_counts = dist_sum(self.next_counts.clone()), torch.zeros_like(self.next_counts)
-        self._unhook(); super().after_train()
-    def _unhook(self):
-        if getattr(self, 'hook', None) is not None: self.hook.remove(); self.hook = None
-    def after_cancel_train(self): self._unhook(); super().after_cancel_train()
-    def after_cancel_fit(self): self._unhook(); super().after_cancel_fit()
+# %% ../nbs/14_reat.ipynb #7f6f62ca
+@patch
+def after_train(self: REATTrain):
+    "Epoch end: this epoch's AE predictions (summed over processes) weight next epoch's attack"
+    self.ae_counts, self.next_counts = dist_sum(self.next_counts.clone()), torch.zeros_like(self.next_counts)
+    self._unhook(); super(REATTrain, self).after_train()
 
-    def state_dict(self):
-        "AE counts in use and being accumulated (plain CPU tensors), for resuming mid-run"
-        return {k: None if getattr(self, k) is None else getattr(self, k).detach().cpu().clone() for k in ('ae_counts', 'next_counts')}
-    def load_state_dict(self, d):
-        for k in ('ae_counts', 'next_counts'): setattr(self, k, None if d.get(k) is None else torch.as_tensor(d[k]).float().clone())
+@patch
+def _unhook(self: REATTrain):
+    if getattr(self, 'hook', None) is not None: self.hook.remove(); self.hook = None
+
+@patch
+def after_cancel_train(self: REATTrain): self._unhook(); super(REATTrain, self).after_cancel_train()
+
+@patch
+def after_cancel_fit(self: REATTrain): self._unhook(); super(REATTrain, self).after_cancel_fit()
+
+# %% ../nbs/14_reat.ipynb #a3b8c1d7
+@patch
+def after_step(self: REATTrain):
+    "`post_step`'s passes (`AdvTrain.after_step`), then, with `count_mode='post_step'`, count the AE predictions on the pass of x'"
+    super(REATTrain, self).after_step()
+    if self.count_mode == 'post_step': self._count(self.post_logits['adv'])
+
+# %% ../nbs/14_reat.ipynb #15196d2b
+@patch
+def state_dict(self: REATTrain):
+    "AE counts in use and being accumulated (plain CPU tensors), for resuming mid-run"
+    return {k: None if getattr(self, k) is None else getattr(self, k).detach().cpu().clone() for k in ('ae_counts', 'next_counts')}
+
+@patch
+def load_state_dict(self: REATTrain, d):
+    "Restore the AE counts `state_dict` returned"
+    for k in ('ae_counts', 'next_counts'): setattr(self, k, None if d.get(k) is None else torch.as_tensor(d[k]).float().clone())

@@ -24,101 +24,111 @@ from .experiment import run_experiment
 # %% auto #0
 __all__ = ['TABLES', 'QUICK', 'list_tables', 'run_row', 'assemble', 'reproduce']
 
-# %% ../nbs/18_reproduce.ipynb #37e6c679
+# %% ../nbs/18_reproduce.ipynb #b268f671
 def _row(name, preset_name, **kw): return dict(name=name, preset=preset_name, **kw)
 def _post(name, base, kind, **kw): return dict(name=name, base=base, post=kind, **kw)
 
+TABLES = {}   # table name -> its rows, filled table by table below
+
+def list_tables():
+    "Names of the tables `ltat reproduce` knows"
+    return sorted(TABLES)
+
+# %% ../nbs/18_reproduce.ipynb #e31994c3
 _LT = 'fmnist-lt'
 # the CPU table's evaluation: every column of the papers on the first 2,000 test images (200 per class), AutoAttack on a
 # class-balanced 200 of them; checkpoint selection by PGD-10 on the first 2,048 test images
 _FM_EVAL = dict(attacks=('clean', 'fgsm', 'pgd20', 'cw20', 'aa', 'pgd20_x10'), max_batches=4, aa_n=200, rob_batches=16)
 def _fm(name, **kw): return _row(name, _LT, **{**_FM_EVAL, **kw})
+
+# every method of ltat on Fashion-MNIST-LT (IR 100), small CNN, short schedule: the CPU-scale table
+TABLES['fmnist'] = [
+    _fm('Natural', method='natural'),
+    _fm('PGD-AT'),
+    _fm('TRADES', method='trades'),
+    _fm('MART', method='mart'),
+    _fm('AWP', method='awp'),
+    _fm('TRADES-AWP', method='awp', method_kw=dict(variant='trades', warmup=1)),
+    _fm('PGD-AT + focal', method_kw=dict(loss='focal')),
+    _fm('PGD-AT + CB', method_kw=dict(loss='cb')),
+    _fm('PGD-AT + LDAM', method_kw=dict(loss='ldam'), arch_kw=_NORMED),   # s=30 on a normalised head, as LDAM-DRW
+    _fm('PGD-AT + LDAM-DRW', method_kw=dict(loss='ldam_drw'), arch_kw=_NORMED),
+    _fm('PGD-AT + BSL', method_kw=dict(loss='bsl')),
+    _fm('PGD-AT + CDT', method_kw=dict(loss='cdt')),
+    _fm('PGD-AT + re-sampling', method_kw=dict(sampler='class_aware')),
+    _fm('AT-BSL', method='at_bsl'),
+    _fm('RoBal-N', method='robal', method_kw=dict(preset='cifar10-n'), arch_kw=dict(width=16, head='cosine', scale=1.), robal_eval='cifar10-n'),
+    _fm('REAT', method='reat'),
+    _fm('SRAT-CE', method='srat', method_kw=dict(loss='ce', drw_epoch=3)),
+    _fm('SRAT-Focal', method='srat', method_kw=dict(loss='focal', drw_epoch=3)),
+    _fm('SRAT-LDAM', method='srat', method_kw=dict(loss='ldam', drw_epoch=3), arch_kw=_NORMED),
+    _fm('PGD-AT + TDE', arch_kw=dict(head='tde')),
+    _fm('Self-Distill', method='self_distill', method_kw=dict(teacher_epochs=3)),
+    _post('PGD-AT + 1-ep RS', 'PGD-AT', ('finetune', 'rs')),
+    _post('PGD-AT + 1-ep RW', 'PGD-AT', ('finetune', 'rw')),
+    _post('PGD-AT + LWS', 'PGD-AT', ('finetune', 'lws')),
+    _post('PGD-AT + CDT-post', 'PGD-AT', ('wrap', 'cdt_post')),
+    _post('PGD-AT + tau-norm', 'PGD-AT', ('wrap', 'tau_norm')),
+    _post('PGD-AT + LA-post', 'PGD-AT', ('wrap', 'la_post')),
+]
+
+# %% ../nbs/18_reproduce.ipynb #2880d64d
+# REAT Tables 1 (CIFAR-10-LT IR 50, ResNet-18): PGD-AT with BSL, RoBal, REAT
+TABLES['reat-cifar10'] = [
+    _row('PGD-AT (BSL)', 'reat-cifar10-lt', method='pgd_at', method_kw=dict(loss='bsl')),
+    _row('RoBal', 'robal-n-cifar10-lt', arch='resnet18', robal_eval='cifar10-n',
+         attacks=('clean', 'pgd20', 'pgd100', 'cw100', 'aa', 'pgd20_x10', 'pgd100_x10')),
+    _row('REAT', 'reat-cifar10-lt'),
+]
+
+# %% ../nbs/18_reproduce.ipynb #302ef287
 def _sd_row(name, m, d, **kw):
     "A row of the Self-Distill tables: the method's own preset for data set `d` where ltat has one, else its CIFAR-10-LT recipe on `d`"
     p = f'{m}-{d}-lt'
     if p in PRESETS: return _row(name, p, **kw)
     return _row(name, f'{m}-cifar10-lt', **({} if d == 'cifar10' else dict(dataset='cifar100', ir=10)), **kw)
 
-TABLES = {
-    # every method of ltat on Fashion-MNIST-LT (IR 100), small CNN, short schedule: the CPU-scale table
-    'fmnist': [
-        _fm('Natural', method='natural'),
-        _fm('PGD-AT'),
-        _fm('TRADES', method='trades'),
-        _fm('MART', method='mart'),
-        _fm('AWP', method='awp'),
-        _fm('TRADES-AWP', method='awp', method_kw=dict(variant='trades', warmup=1)),
-        _fm('PGD-AT + focal', method_kw=dict(loss='focal')),
-        _fm('PGD-AT + CB', method_kw=dict(loss='cb')),
-        _fm('PGD-AT + LDAM', method_kw=dict(loss='ldam'), arch_kw=_NORMED),   # s=30 on a normalised head, as LDAM-DRW
-        _fm('PGD-AT + LDAM-DRW', method_kw=dict(loss='ldam_drw'), arch_kw=_NORMED),
-        _fm('PGD-AT + BSL', method_kw=dict(loss='bsl')),
-        _fm('PGD-AT + CDT', method_kw=dict(loss='cdt')),
-        _fm('PGD-AT + re-sampling', method_kw=dict(sampler='class_aware')),
-        _fm('AT-BSL', method='at_bsl'),
-        _fm('RoBal-N', method='robal', method_kw=dict(preset='cifar10-n'), arch_kw=dict(width=16, head='cosine', scale=1.), robal_eval='cifar10-n'),
-        _fm('REAT', method='reat'),
-        _fm('SRAT-CE', method='srat', method_kw=dict(loss='ce', drw_epoch=3)),
-        _fm('SRAT-Focal', method='srat', method_kw=dict(loss='focal', drw_epoch=3)),
-        _fm('SRAT-LDAM', method='srat', method_kw=dict(loss='ldam', drw_epoch=3), arch_kw=_NORMED),
-        _fm('PGD-AT + TDE', arch_kw=dict(head='tde')),
-        _fm('Self-Distill', method='self_distill', method_kw=dict(teacher_epochs=3)),
-        _post('PGD-AT + 1-ep RS', 'PGD-AT', ('finetune', 'rs')),
-        _post('PGD-AT + 1-ep RW', 'PGD-AT', ('finetune', 'rw')),
-        _post('PGD-AT + LWS', 'PGD-AT', ('finetune', 'lws')),
-        _post('PGD-AT + CDT-post', 'PGD-AT', ('wrap', 'cdt_post')),
-        _post('PGD-AT + tau-norm', 'PGD-AT', ('wrap', 'tau_norm')),
-        _post('PGD-AT + LA-post', 'PGD-AT', ('wrap', 'la_post')),
-    ],
-    # REAT Tables 1 (CIFAR-10-LT IR 50, ResNet-18): PGD-AT with BSL, RoBal, REAT
-    'reat-cifar10': [
-        _row('PGD-AT (BSL)', 'reat-cifar10-lt', method='pgd_at', method_kw=dict(loss='bsl')),
-        _row('RoBal', 'robal-n-cifar10-lt', arch='resnet18', robal_eval='cifar10-n',
-             attacks=('clean', 'pgd20', 'pgd100', 'cw100', 'aa', 'pgd20_x10', 'pgd100_x10')),
-        _row('REAT', 'reat-cifar10-lt'),
-    ],
-    # Self-Distill Tables 1-2 (ResNet-18, best and last checkpoints)
-    **{f'self_distill-{d}': [_sd_row(name, m, d, **kw) for name, m, kw in (
-        ('PGD-AT', 'pgd_at', {}), ('TRADES', 'trades', {}), ('MART', 'mart', {}), ('AWP', 'awp', {}),
-        ('RoBal', 'robal-n', dict(arch='resnet18', robal_eval=f'{d}-n')), ('REAT', 'reat', {}), ('AT-BSL', 'at_bsl', {}),
-        ('Self-Distill', 'self_distill', {}))] for d in ('cifar10', 'cifar100')},
-    # RoBal Table 1 (CIFAR-10-LT IR 50, WRN-34-10, the official schedule and attack): the systematic study
-    'robal-table1': [
-        _row('Vanilla FC', 'robal-table1'),
-        _row('Vanilla Cos', 'robal-table1', arch_kw=dict(head='cosine', scale=16., gamma=0.)),
-        _row('Class-aware margin (LDAM)', 'robal-table1', method_kw=dict(loss='ldam', loss_kw=dict(s=1.))),
-        _row('Cosine with margin', 'robal-table1', arch_kw=dict(head='cosine', scale=1., gamma=0.), method_kw=dict(loss='cos_margin')),
-        _row('Class-aware temperature (CDT)', 'robal-table1', method_kw=dict(loss='cdt')),
-        # the official LA config trains a dot-product head: `nn.Linear` whose bias keeps its random start (`Dot_Classifier`)
-        _row('Class-aware bias (LA)', 'robal-table1', method_kw=dict(loss='la'), arch_kw=dict(train_bias=False)),
-        # the official focal config warms up for 5 epochs under the compounding decay and starts the bias at the prior
-        _row('Hard-example mining (focal)', 'robal-table1', method_kw=dict(loss='sigmoid_focal'), arch_kw=dict(bias_init='prior'),
-             schedule=dict(milestones=(60, 75), gamma=0.1, compounding=True, warmup=5)),
-        _row('Re-sampling', 'robal-table1', epochs=25, schedule=dict(milestones=(15, 20), gamma=0.1, compounding=True),
-             method_kw=dict(sampler='class_aware')),
-        _row('Re-weighting', 'robal-table1', method_kw=dict(loss='cb')),
-        _row('TDE', 'robal-table1', arch_kw=dict(head='tde')),
-        _post('1-epoch re-sampling', 'Vanilla FC', ('finetune', 'rs')),
-        _post('1-epoch re-weighting', 'Vanilla FC', ('finetune', 'rw')),
-        # the official LWS config restarts at epoch 80 and fine-tunes to epoch 90 (`lr_decline` 83, 86: epochs 3 and 6 of 10)
-        _post('LWS', 'Vanilla FC', ('finetune', 'lws'), epochs=10, schedule=dict(milestones=(3, 6), gamma=0.1, compounding=True)),
-        _post('CDT-post', 'Vanilla FC', ('wrap', 'cdt_post')),
-        _post('tau-norm', 'Vanilla FC', ('wrap', 'tau_norm')),
-        _post('LA-post', 'Vanilla FC', ('wrap', 'la_post')),
-    ],
-    # SRAT's Exp-100 table (CIFAR-10, ResNet-18)
-    'srat-exp100': [
-        _row('CE', 'srat-ce-exp100', method='pgd_at', method_kw={}),
-        _row('DRCB-LDAM', 'srat-ldam-exp100', method='pgd_at', method_kw=dict(loss='ldam_drw')),
-        _row('SRAT-CE', 'srat-ce-exp100'),
-        _row('SRAT-Focal', 'srat-ce-exp100', method_kw=dict(loss='focal')),
-        _row('SRAT-LDAM', 'srat-ldam-exp100'),
-    ],
-}
+# Self-Distill Tables 1-2 (ResNet-18, best and last checkpoints)
+TABLES.update({f'self_distill-{d}': [_sd_row(name, m, d, **kw) for name, m, kw in (
+    ('PGD-AT', 'pgd_at', {}), ('TRADES', 'trades', {}), ('MART', 'mart', {}), ('AWP', 'awp', {}),
+    ('RoBal', 'robal-n', dict(arch='resnet18', robal_eval=f'{d}-n')), ('REAT', 'reat', {}), ('AT-BSL', 'at_bsl', {}),
+    ('Self-Distill', 'self_distill', {}))] for d in ('cifar10', 'cifar100')})
 
-def list_tables():
-    "Names of the tables `ltat reproduce` knows"
-    return sorted(TABLES)
+# %% ../nbs/18_reproduce.ipynb #95031753
+# RoBal Table 1 (CIFAR-10-LT IR 50, WRN-34-10, the official schedule and attack): the systematic study
+TABLES['robal-table1'] = [
+    _row('Vanilla FC', 'robal-table1'),
+    _row('Vanilla Cos', 'robal-table1', arch_kw=dict(head='cosine', scale=16., gamma=0.)),
+    _row('Class-aware margin (LDAM)', 'robal-table1', method_kw=dict(loss='ldam', loss_kw=dict(s=1.))),
+    _row('Cosine with margin', 'robal-table1', arch_kw=dict(head='cosine', scale=1., gamma=0.), method_kw=dict(loss='cos_margin')),
+    _row('Class-aware temperature (CDT)', 'robal-table1', method_kw=dict(loss='cdt')),
+    # the official LA config trains a dot-product head: `nn.Linear` whose bias keeps its random start (`Dot_Classifier`)
+    _row('Class-aware bias (LA)', 'robal-table1', method_kw=dict(loss='la'), arch_kw=dict(train_bias=False)),
+    # the official focal config warms up for 5 epochs under the compounding decay and starts the bias at the prior
+    _row('Hard-example mining (focal)', 'robal-table1', method_kw=dict(loss='sigmoid_focal'), arch_kw=dict(bias_init='prior'),
+         schedule=dict(milestones=(60, 75), gamma=0.1, compounding=True, warmup=5)),
+    _row('Re-sampling', 'robal-table1', epochs=25, schedule=dict(milestones=(15, 20), gamma=0.1, compounding=True),
+         method_kw=dict(sampler='class_aware')),
+    _row('Re-weighting', 'robal-table1', method_kw=dict(loss='cb')),
+    _row('TDE', 'robal-table1', arch_kw=dict(head='tde')),
+    _post('1-epoch re-sampling', 'Vanilla FC', ('finetune', 'rs')),
+    _post('1-epoch re-weighting', 'Vanilla FC', ('finetune', 'rw')),
+    # the official LWS config restarts at epoch 80 and fine-tunes to epoch 90 (`lr_decline` 83, 86: epochs 3 and 6 of 10)
+    _post('LWS', 'Vanilla FC', ('finetune', 'lws'), epochs=10, schedule=dict(milestones=(3, 6), gamma=0.1, compounding=True)),
+    _post('CDT-post', 'Vanilla FC', ('wrap', 'cdt_post')),
+    _post('tau-norm', 'Vanilla FC', ('wrap', 'tau_norm')),
+    _post('LA-post', 'Vanilla FC', ('wrap', 'la_post')),
+]
+
+# %% ../nbs/18_reproduce.ipynb #617a4bd1
+# SRAT's Exp-100 table (CIFAR-10, ResNet-18)
+TABLES['srat-exp100'] = [
+    _row('CE', 'srat-ce-exp100', method='pgd_at', method_kw={}),
+    _row('DRCB-LDAM', 'srat-ldam-exp100', method='pgd_at', method_kw=dict(loss='ldam_drw')),
+    _row('SRAT-CE', 'srat-ce-exp100'),
+    _row('SRAT-Focal', 'srat-ce-exp100', method_kw=dict(loss='focal')),
+    _row('SRAT-LDAM', 'srat-ldam-exp100'),
+]
 
 # %% ../nbs/18_reproduce.ipynb #073a5636
 TABLES['fmnist'] += [
@@ -135,6 +145,9 @@ TABLES['robustlt-cifar10'] = [
     _row('PGD-AT', 'pgd_at-rlt-cifar10-lt'), _row('PGD-AT + RobustLT', 'robustlt-pgd_at-cifar10-lt'),
     _row('AT-BSL', 'at_bsl-rlt-cifar10-lt'), _row('AT-BSL + RobustLT', 'robustlt-at_bsl-cifar10-lt'),
     _row('TAET', 'taet-rlt-cifar10-lt'), _row('TAET + RobustLT', 'robustlt-taet-cifar10-lt'),
+    _row('AWP', 'awp-rlt-cifar10-lt'), _row('AWP + RobustLT', 'robustlt-awp-cifar10-lt'),
+    _row('REAT', 'reat-rlt-cifar10-lt'), _row('REAT + RobustLT', 'robustlt-reat-cifar10-lt'),
+    _row('RoBal', 'robal-rlt-cifar10-lt'), _row('RoBal + RobustLT', 'robustlt-robal-cifar10-lt'),
 ]
 
 # %% ../nbs/18_reproduce.ipynb #d00f46d5
@@ -167,10 +180,7 @@ def _cached_cards(path, recipe):
         return {ck: json.loads((Path(path) / f'card_{ck}.json').read_text()) for ck in ('last', 'best')}
     except (OSError, json.JSONDecodeError): return None
 
-# %% ../nbs/18_reproduce.ipynb #a4a2f598
-_WRAPS = {'cdt_post': lambda m, dls: CDTPost(m, dls.counts), 'tau_norm': lambda m, dls: TauNorm(m),
-          'la_post': lambda m, dls: LAPost(m, dls.counts)}
-
+# %% ../nbs/18_reproduce.ipynb #151657ae
 def run_row(row, out, quick=None, rows_done=None, progress=True):
     "Train and evaluate one row (or post-process an earlier one); returns `{'last': report, 'best': report}`"
     out = Path(out) / _slug(row['name'])
@@ -192,6 +202,10 @@ def run_row(row, out, quick=None, rows_done=None, progress=True):
                           fast=r.get('fast', False), meta=dict(row=row['name'], preset=row['preset'], source=r.get('source')))
     (out / 'recipe.json').write_text(json.dumps(r, indent=2, default=str))
     return reps
+
+# %% ../nbs/18_reproduce.ipynb #4a595a94
+_WRAPS = {'cdt_post': lambda m, dls: CDTPost(m, dls.counts), 'tau_norm': lambda m, dls: TauNorm(m),
+          'la_post': lambda m, dls: LAPost(m, dls.counts)}
 
 def _run_post(row, out, rows_done, quick, progress):
     "Fine-tune or wrap the last checkpoint of row `row['base']`, evaluate it"
@@ -256,9 +270,27 @@ def _plot(tab, path, title):
     ax.set_xticks(np.arange(len(t)), t.index, rotation=60, ha='right', fontsize=7); ax.set_ylim(0, 1); ax.set_ylabel('accuracy')
     ax.set_title(title); ax.legend(fontsize=7, ncols=len(cols)); fig.tight_layout(); fig.savefig(path, dpi=120); plt.close(fig)
 
-# %% ../nbs/18_reproduce.ipynb #e7d7e1b5
+# %% ../nbs/18_reproduce.ipynb #7c96aa1d
 QUICK = dict(epochs=1, steps=2, aa_n=20, max_batches=1, rob_batches=1, attacks=('clean', 'pgd20', 'aa'))
 
+# %% ../nbs/18_reproduce.ipynb #5808c50e
+def _keep_rows(spec, table, rows):
+    "The row names of `--rows` (None: all), each checked against the table"
+    keep = None if rows is None else [r.strip() for r in rows.split(',')]
+    if keep:
+        bad = [k for k in keep if k not in [r['name'] for r in spec]]
+        if bad: raise ValueError(f"rows {bad} not in table {table!r}; rows: {', '.join(r['name'] for r in spec)}")
+    return keep
+
+def _write_table(tab, out, table, quick, failed):
+    "Write `table.md` (failed rows listed at the end), `table.csv` and `table.png`; returns the failed rows' lines"
+    fails = ''.join(f"\n- FAILED {n}: {e}" for n, e in failed)
+    (out / 'table.md').write_text(f"# {table}{' (quick smoke run: numbers mean nothing)' if quick else ''}\n\n" + tab.round(4).to_string() + '\n' + fails)
+    tab.to_csv(out / 'table.csv')
+    _plot(tab, out / 'table.png', f'{table}: last checkpoint')
+    return fails
+
+# %% ../nbs/18_reproduce.ipynb #8e4956fd
 @call_parse
 def reproduce(table:str,               # a table name, see `list_tables()`: fmnist, reat-cifar10, self_distill-cifar10, ...
               out:str=None,            # output folder (default runs/reproduce/<table>)
@@ -269,10 +301,7 @@ def reproduce(table:str,               # a table name, see `list_tables()`: fmni
     "Run every row of a paper's comparison table; write one result card per row and the assembled table"
     check_choice(table, tuple(list_tables()), 'table')
     spec = TABLES[table]
-    keep = None if rows is None else [r.strip() for r in rows.split(',')]
-    if keep:
-        bad = [k for k in keep if k not in [r['name'] for r in spec]]
-        if bad: raise ValueError(f"rows {bad} not in table {table!r}; rows: {', '.join(r['name'] for r in spec)}")
+    keep = _keep_rows(spec, table, rows)
     out = Path(out or f'runs/reproduce/{table}'); out.mkdir(parents=True, exist_ok=True)
     done, cards, failed, t0 = {}, {}, [], time.time()
     for row in spec:
@@ -293,10 +322,7 @@ def reproduce(table:str,               # a table name, see `list_tables()`: fmni
         print(f"   {time.time() - t1:.0f} s", flush=True)
     if not cards: raise RuntimeError(f"every row of {table!r} failed: " + '; '.join(f'{n}: {e}' for n, e in failed))
     tab = assemble(cards)
-    fails = ''.join(f"\n- FAILED {n}: {e}" for n, e in failed)
-    (out / 'table.md').write_text(f"# {table}{' (quick smoke run: numbers mean nothing)' if quick else ''}\n\n" + tab.round(4).to_string() + '\n' + fails)
-    tab.to_csv(out / 'table.csv')
-    _plot(tab, out / 'table.png', f'{table}: last checkpoint')
+    fails = _write_table(tab, out, table, quick, failed)
     pd.set_option('display.width', 160)
     print(tab.round(3).to_string()); print(f"\n{len(cards) // 2} rows in {time.time() - t0:.0f} s; wrote {out}/table.md, table.csv, table.png")
     if failed: raise RuntimeError(f"{len(failed)} row(s) of {table!r} failed (the others are in {out}/table.md):" + fails)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch
 from fastai.data.core import DataLoaders
 from .core import check_choice, is_main_process
 from .data import TensorDS, TensorDL, balanced_indices, dataset_labels, subset_dl
@@ -32,7 +32,7 @@ def balanced_subset(labels, # training labels of the long-tailed set
     if not gamma > 0: raise ValueError(f"gamma={gamma!r} must be > 0")
     return balanced_indices(y, max(1, round(gamma * n.min())), seed)
 
-# %% ../nbs/16_self_distill.ipynb #71211656
+# %% ../nbs/16_self_distill.ipynb #7bd772f1
 def fresh_copy(model, seed=None):
     "A copy of `model` with every parameter re-initialised (same architecture, independent weights)"
     m = copy.deepcopy(getattr(model, 'module', model))
@@ -47,6 +47,7 @@ def freeze(model):
     for p in model.parameters(): p.requires_grad_(False)
     return model
 
+# %% ../nbs/16_self_distill.ipynb #365b8ed4
 def balanced_dls(dls, gamma=None, bs:int=32, seed:int=0):
     "DataLoaders of D_B (training) and `dls.valid`, with the training loader's transforms and augmentation; any labelled training set"
     tr = dls.train
@@ -58,6 +59,7 @@ def balanced_dls(dls, gamma=None, bs:int=32, seed:int=0):
     out.counts, out.n_classes, out.c = np.bincount(y[idx], minlength=C or 0).tolist(), getattr(dls, 'n_classes', None), getattr(dls, 'c', None)
     return out
 
+# %% ../nbs/16_self_distill.ipynb #0adec7be
 def train_teacher(dls, model, epochs:int=30, bs:int=32, lr:float=0.1, gamma=None, sched='constant', seed:int=0, **kwargs):
     "PGD-AT teacher of `model`'s architecture trained on D_B of `dls`, returned frozen"
     check_choice(sched, ('constant', 'one_cycle'), 'teacher_sched')
@@ -73,10 +75,7 @@ def self_distill_loss(s_plus, s_minus, t_plus, t_minus, y, counts, alpha=1.0, al
     l_kd = kl_div(t_plus.detach(), s_plus) if kd else 0.
     return bsl_loss(s_plus, y, counts, tau) + alpha * (l_kd + alpha_igdm * ramp * igdm_loss(s_plus, s_minus, t_plus, t_minus))
 
-# %% ../nbs/16_self_distill.ipynb #fdcfc17f
-def _n_out(model, x):
-    with torch.no_grad(): return model(x[:1]).shape[-1]
-
+# %% ../nbs/16_self_distill.ipynb #ea281eb8
 @register_method('self_distill')
 class SelfDistillTrain(AdvTrain):
     "Balanced self-distillation (Cho, Lee & Kim 2025, https://arxiv.org/abs/2503.06461): BSL + IGDM from a D_B teacher"
@@ -102,48 +101,65 @@ class SelfDistillTrain(AdvTrain):
         self.teacher = teacher if isinstance(teacher, nn.Module) else None
         store_attr('teacher_epochs,teacher_bs,teacher_lr,teacher_sched,teacher_dir,gamma,alpha_kd,alpha_igdm,igdm_epochs,kd,tau,counts,seed')
 
-    def load_teacher(self, path):
-        "Read a teacher from `path` into a copy of the student's architecture"
-        path = Path(path)
-        if not path.exists(): raise ValueError(f"teacher path {str(path)!r} does not exist")
-        obj = torch.load(path, map_location='cpu', weights_only=False)
-        if isinstance(obj, nn.Module): return obj
-        sd = obj.get('model', obj) if isinstance(obj, dict) else obj
-        t = fresh_copy(self.learn.model)
-        try: t.load_state_dict(sd)
-        except RuntimeError as e: raise ValueError(f"teacher checkpoint {str(path)!r} does not fit the student's architecture: {e}") from None
-        return t
+# %% ../nbs/16_self_distill.ipynb #4c451daa
+def _n_out(model, x):
+    with torch.no_grad(): return model(x[:1]).shape[-1]
 
-    def before_fit(self):
-        super().before_fit()
-        self.n = self.class_counts().cpu()
-        if self.teacher is None and self.teacher_path is not None: self.teacher = self.load_teacher(self.teacher_path)
-        if self.teacher is None: self._train_teacher()
-        dev = next(self.learn.model.parameters()).device
-        self.teacher = freeze(self.teacher.to(dev)); self.n = self.n.to(dev)
-        x = self.dls.train.one_batch()[0].to(dev)
-        k, C = _n_out(self.teacher, x), len(self.n)
-        if k != C: raise ValueError(f"the teacher predicts {k} classes but the data has {C} (counts={self.n.long().tolist()}); "
-                                    "a teacher must be trained on the same classes")
+@patch
+def load_teacher(self: SelfDistillTrain, path):
+    "Read a teacher from `path` into a copy of the student's architecture"
+    path = Path(path)
+    if not path.exists(): raise ValueError(f"teacher path {str(path)!r} does not exist")
+    obj = torch.load(path, map_location='cpu', weights_only=False)
+    if isinstance(obj, nn.Module): return obj
+    sd = obj.get('model', obj) if isinstance(obj, dict) else obj
+    t = fresh_copy(self.learn.model)
+    try: t.load_state_dict(sd)
+    except RuntimeError as e: raise ValueError(f"teacher checkpoint {str(path)!r} does not fit the student's architecture: {e}") from None
+    return t
 
-    def _train_teacher(self):
-        self.teacher = train_teacher(self.dls, self.learn.model, self.teacher_epochs, self.teacher_bs, self.teacher_lr, self.gamma,
-                                     self.teacher_sched, self.seed, eps=self.eps, alpha=self.alpha, steps=self.steps)
-        d = Path(self.teacher_dir) if self.teacher_dir is not None else Path(self.learn.path) / self.learn.model_dir
-        self.teacher_path = str(d / 'teacher.pth')
-        if is_main_process(): d.mkdir(parents=True, exist_ok=True); torch.save(self.teacher.state_dict(), self.teacher_path)
+@patch
+def before_fit(self: SelfDistillTrain):
+    "The teacher: given, loaded from `teacher_path`, or trained on D_B now; frozen, and checked against the data's classes"
+    super(SelfDistillTrain, self).before_fit()
+    self.n = self.class_counts().cpu()
+    if self.teacher is None and self.teacher_path is not None: self.teacher = self.load_teacher(self.teacher_path)
+    if self.teacher is None: self._train_teacher()
+    dev = next(self.learn.model.parameters()).device
+    self.teacher = freeze(self.teacher.to(dev)); self.n = self.n.to(dev)
+    x = self.dls.train.one_batch()[0].to(dev)
+    k, C = _n_out(self.teacher, x), len(self.n)
+    if k != C: raise ValueError(f"the teacher predicts {k} classes but the data has {C} (counts={self.n.long().tolist()}); "
+                                "a teacher must be trained on the same classes")
 
-    def train_loss(self, pred, y):
-        "BSL on S(x') + alpha * (KL to T(x') + ramped IGDM between the +-delta output differences)"
-        xa = self.learn.xb[0]; xm = 2 * self.x_nat - xa                   # x - delta, delta = x' - x
-        s_minus = self.learn.model(xm)
-        self.teacher.eval()
-        with torch.no_grad(): t_plus, t_minus = self.teacher(xa), self.teacher(xm)
-        E = self.igdm_epochs or self.n_epoch
-        return self_distill_loss(pred, s_minus, t_plus, t_minus, y, self.n, self.alpha_kd, self.alpha_igdm,
-                                 (self.epoch + 1) / E, self.kd, self.tau)
+@patch
+def _train_teacher(self: SelfDistillTrain):
+    self.teacher = train_teacher(self.dls, self.learn.model, self.teacher_epochs, self.teacher_bs, self.teacher_lr, self.gamma,
+                                 self.teacher_sched, self.seed, eps=self.eps, alpha=self.alpha, steps=self.steps)
+    d = Path(self.teacher_dir) if self.teacher_dir is not None else Path(self.learn.path) / self.learn.model_dir
+    self.teacher_path = str(d / 'teacher.pth')
+    if is_main_process(): d.mkdir(parents=True, exist_ok=True); torch.save(self.teacher.state_dict(), self.teacher_path)
 
-    def state_dict(self): return {'teacher_path': self.teacher_path}
-    def load_state_dict(self, d):
-        self.teacher_path = d.get('teacher_path')
-        if self.teacher_path is not None: self.teacher = None   # reloaded from the path in `before_fit`
+# %% ../nbs/16_self_distill.ipynb #1303ad22
+@patch
+def train_loss(self: SelfDistillTrain, pred, y):
+    "BSL on S(x') + alpha * (KL to T(x') + ramped IGDM between the +-delta output differences)"
+    xa = self.learn.xb[0]; xm = 2 * self.x_nat - xa                   # x - delta, delta = x' - x
+    s_minus = self.learn.model(xm)
+    self.teacher.eval()
+    with torch.no_grad(): t_plus, t_minus = self.teacher(xa), self.teacher(xm)
+    E = self.igdm_epochs or self.n_epoch
+    return self_distill_loss(pred, s_minus, t_plus, t_minus, y, self.n, self.alpha_kd, self.alpha_igdm,
+                             (self.epoch + 1) / E, self.kd, self.tau)
+
+# %% ../nbs/16_self_distill.ipynb #1ff99161
+@patch
+def state_dict(self: SelfDistillTrain):
+    "The path of the teacher, for resuming"
+    return {'teacher_path': self.teacher_path}
+
+@patch
+def load_state_dict(self: SelfDistillTrain, d):
+    "Restore the teacher's path; the teacher is reloaded from it in `before_fit`"
+    self.teacher_path = d.get('teacher_path')
+    if self.teacher_path is not None: self.teacher = None   # reloaded from the path in `before_fit`

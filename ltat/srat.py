@@ -7,8 +7,9 @@ Docs: https://ltat-dev.github.io/ltat/srat.html.md"""
 # %% ../nbs/15_srat.ipynb #c4fc9050
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch
 from .core import check_choice
+from .attacks import pgd
 from .losses import supcon_loss, cb_weights, focal_loss, ldam_loss
 from .learner import AdvTrain, register_method, check_ldam_head
 from .reat import HeadInput
@@ -31,7 +32,7 @@ def srat_loss(logits, feats, y, w=None, lam=1.0, tau=0.1, normalize=True, **kwar
     "SRAT's objective (Eq. 7): re-weighted prediction loss + lam * L_sep on the adversarial features (Eq. 6)"
     return srat_pred_loss(logits, y, w, **kwargs) + lam * supcon_loss(feats, y, tau, normalize)
 
-# %% ../nbs/15_srat.ipynb #f6151551
+# %% ../nbs/15_srat.ipynb #5169738f
 @register_method('srat')
 class SRATTrain(AdvTrain):
     "SRAT (Wang, Xu et al. 2021, https://arxiv.org/abs/2107.13639): DRW-weighted loss + SupCon on adversarial features"
@@ -55,51 +56,81 @@ class SRATTrain(AdvTrain):
         store_attr('loss,lam,tau,drw_epoch,beta,counts,normalize,proj_dim,sep_in_attack,gamma,max_m,s')
         self.drw_active, self.hook = False, None
 
-    def after_create(self):
-        if self.proj_dim is not None:   # a module of the model, so the optimiser and the checkpoints see it
-            m = getattr(self.learn.model, 'module', self.learn.model); d = m.feat_dim
-            m.srat_proj = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, self.proj_dim))
+# %% ../nbs/15_srat.ipynb #fe63307e
+@patch
+def after_create(self: SRATTrain):
+    "Add the projection head (`proj_dim`) to the model"
+    if self.proj_dim is not None:   # a module of the model, so the optimiser and the checkpoints see it
+        m = getattr(self.learn.model, 'module', self.learn.model); d = m.feat_dim
+        m.srat_proj = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, self.proj_dim))
 
-    def before_fit(self):
-        super().before_fit()
-        self.n = self.class_counts().cpu()
-        self.cb = cb_weights(self.n, self.beta)
-        if self.loss == 'ldam': check_ldam_head(self.learn.model, self.s, "SRAT-LDAM")
+@patch
+def before_fit(self: SRATTrain):
+    "Clean counts and class-balanced weights, once per fit"
+    super(SRATTrain, self).before_fit()
+    self.n = self.class_counts().cpu()
+    self.cb = cb_weights(self.n, self.beta)
+    if self.loss == 'ldam': check_ldam_head(self.learn.model, self.s, "SRAT-LDAM")
 
-    def before_train(self):
-        super().before_train()
-        self.drw_active = self.drw_active or self.epoch >= self.drw_epoch
-        dev = next(self.learn.model.parameters()).device
-        self.w = self.cb.to(dev) if self.drw_active else None
-        self.n = self.n.to(dev)
-        self.hook = HeadInput(self.learn.model)
+@patch
+def before_train(self: SRATTrain):
+    "Switch the re-weighting on from `drw_epoch` and hook the penultimate features"
+    super(SRATTrain, self).before_train()
+    self.drw_active = self.drw_active or self.epoch >= self.drw_epoch
+    dev = next(self.learn.model.parameters()).device
+    self.w = self.cb.to(dev) if self.drw_active else None
+    self.n = self.n.to(dev)
+    self.hook = HeadInput(self.learn.model)
 
-    def _z(self):
-        "The adversarial features of the last forward (through the projection head if any)"
-        f, m = self.hook.feats, getattr(self.learn.model, 'module', self.learn.model)
-        return m.srat_proj(f) if self.proj_dim is not None else f
+# %% ../nbs/15_srat.ipynb #f749ea4e
+@patch
+def _z(self: SRATTrain):
+    "The adversarial features of the last forward (through the projection head if any)"
+    f, m = self.hook.feats, getattr(self.learn.model, 'module', self.learn.model)
+    return m.srat_proj(f) if self.proj_dim is not None else f
 
-    def _pred(self, logits, y):
-        return srat_pred_loss(logits, y, self.w, self.loss, self.n, self.gamma, self.max_m, self.s)
+@patch
+def _pred(self: SRATTrain, logits, y):
+    return srat_pred_loss(logits, y, self.w, self.loss, self.n, self.gamma, self.max_m, self.s)
 
-    def _attack_loss(self, logits, y):
-        return self._pred(logits, y) * len(y) + self.lam * supcon_loss(self._z(), y, self.tau, self.normalize) * len(y)
+@patch
+def _attack_loss(self: SRATTrain, logits, y):
+    return self._pred(logits, y) * len(y) + self.lam * supcon_loss(self._z(), y, self.tau, self.normalize) * len(y)
 
-    def craft(self, x, y):
-        if not self.sep_in_attack: return super().craft(x, y)
-        from ltat.attacks import pgd
-        return pgd(self.learn.model, x, y, self.eps, self.alpha, self.steps, loss=self._attack_loss, init=self.init,
-                   bn_eval=self.bn_eval, dtype=self.attack_dtype, validate=False)
+@patch
+def craft(self: SRATTrain, x, y):
+    "`AdvTrain.craft`, or with `sep_in_attack` PGD on the prediction loss + lam * L_sep"
+    if not self.sep_in_attack: return super(SRATTrain, self).craft(x, y)
+    return pgd(self.learn.model, x, y, self.eps, self.alpha, self.steps, loss=self._attack_loss, init=self.init,
+               bn_eval=self.bn_eval, dtype=self.attack_dtype, validate=False)
 
-    def train_loss(self, pred, y):
-        "Eq. 7 on f(x') and the features of x'"
-        return self._pred(pred, y) + self.lam * supcon_loss(self._z(), y, self.tau, self.normalize)
+# %% ../nbs/15_srat.ipynb #f4bd1615
+@patch
+def train_loss(self: SRATTrain, pred, y):
+    "Eq. 7 on f(x') and the features of x'"
+    return self._pred(pred, y) + self.lam * supcon_loss(self._z(), y, self.tau, self.normalize)
 
-    def _unhook(self):
-        if self.hook is not None: self.hook.remove(); self.hook = None
-    def after_train(self): self._unhook(); super().after_train()
-    def after_cancel_train(self): self._unhook(); super().after_cancel_train()
-    def after_cancel_fit(self): self._unhook(); super().after_cancel_fit()
+# %% ../nbs/15_srat.ipynb #becb7591
+@patch
+def _unhook(self: SRATTrain):
+    if self.hook is not None: self.hook.remove(); self.hook = None
 
-    def state_dict(self): return {'drw_active': bool(self.drw_active)}
-    def load_state_dict(self, d): self.drw_active = bool(d['drw_active'])
+@patch
+def after_train(self: SRATTrain): self._unhook(); super(SRATTrain, self).after_train()
+
+@patch
+def after_cancel_train(self: SRATTrain): self._unhook(); super(SRATTrain, self).after_cancel_train()
+
+@patch
+def after_cancel_fit(self: SRATTrain): self._unhook(); super(SRATTrain, self).after_cancel_fit()
+
+# %% ../nbs/15_srat.ipynb #55b59e8e
+@patch
+def state_dict(self: SRATTrain):
+    "The re-weighting phase, for resuming"
+    return {'drw_active': bool(self.drw_active)}
+
+@patch
+def load_state_dict(self: SRATTrain, d):
+    "Restore the phase `state_dict` returned"
+    self.drw_active = bool(d['drw_active'])

@@ -32,8 +32,11 @@ class TAETTrain(AdvTrain):
     def natural(self):
         "True in the natural stage (fastai's `epoch` counts from 0, so the 1-based epochs 1..ce_epochs)"
         return self.epoch < self.ce_epochs
-    def craft(self, x, y): return x if self.natural() else super().craft(x, y)
+    def craft(self, x, y):
+        "The clean batch in the natural stage, then `AdvTrain.craft` (PGD, from x + 0.001 N(0, I) by default)"
+        return x if self.natural() else super().craft(x, y)
     def train_loss(self, pred, y):
+        "The learner's loss (cross-entropy) in the natural stage, then the hierarchical equalisation loss on f(x')"
         if self.natural(): return self.old_lf(pred, y)
         return taet_loss(pred, y, pred.shape[1], self.taet_alpha, self.taet_beta, self.taet_gamma)
 
@@ -45,6 +48,7 @@ def lt_test_indices(labels, ir, profile='exp'):
     n = lt_counts(int((y == 0).sum()), C, ir, profile)
     return torch.cat([torch.nonzero(y == c).flatten()[:n[c]] for c in range(C)])
 
+# %% ../nbs/15b_taet.ipynb #340a2301
 def balanced_robustness(model, x, y, eps=8/255, alpha=2/255, steps=20, bs=500, **attack_kw):
     "Mean over classes of the accuracy under L-inf PGD (TAET's balanced robustness); also returns the per-class accuracies"
     model.eval(); ok = []

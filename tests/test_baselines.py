@@ -107,6 +107,60 @@ def test_awp_step_equals_reference(dls):
     add_into_weights(ref, v, -gamma)
     for p, q in zip(l.model.parameters(), ref.parameters()): assert torch.allclose(p, q, atol=1e-6)
 
+def test_awp_model_ascent_two_steps_by_hand(dls):
+    """`ascent='model'` (RobustLT's AWP) over two batches, against the formulas written out: the ascent is one step of the
+    learner's SGD (momentum 0.9, L2 decay) on -L, whose momentum buffer is then put back, so the second batch's ascent and
+    step see the first batch's descent momentum only"""
+    from fastai.data.core import DataLoaders
+    from ltat.data import TensorDS, TensorDL
+    from ltat.learner import default_opt
+    from ltat.attacks import pgd
+    x, y = dls.one_batch()
+    xb = (x * 255).round().to(torch.uint8); x = xb.float() / 255
+    two = DataLoaders(TensorDL(TensorDS(xb, y), bs=len(y) // 2), TensorDL(TensorDS(xb, y), bs=len(y)), device='cpu')
+    m0 = tiny(); lr, wd, gamma, mu = 0.1, 5e-4, 0.005, 0.9
+    l = adv_learner(two, copy.deepcopy(m0), method='awp', ascent='model', gamma=gamma, robust_metric=False, steps=2, init='none',
+                    opt_func=default_opt(wd), wd_bn_bias=True)
+    with l.no_bar(), l.no_logging(): l.fit(1, lr)
+    ref = copy.deepcopy(m0).train(); ps = list(ref.parameters()); names = [n for n, _ in ref.named_parameters()]
+    pert = {n for n in awp_params(ref)}
+    mom = [torch.zeros_like(p) for p in ps]
+    def grads(xa, yy):
+        ref.zero_grad(); F.cross_entropy(ref(xa), yy).backward(); return [p.grad.detach().clone() for p in ps]
+    h = len(y) // 2
+    for xs, ys in ((x[:h], y[:h]), (x[h:], y[h:])):
+        xa = pgd(ref, xs, ys, steps=2, init='none', bn_eval=False)
+        g = grads(xa, ys)
+        theta = [p.detach().clone() for p in ps]
+        d = [-lr * (mu * m + (-gi + wd * t)) for m, gi, t in zip(mom, g, theta)]          # the ascent step on -L
+        v = {n: t.norm() / (di.norm() + 1e-20) * di for n, t, di in zip(names, theta, d) if n in pert}
+        with torch.no_grad():
+            for n, p in zip(names, ps):
+                if n in v: p += gamma * v[n]
+        g2 = grads(xa, ys)
+        with torch.no_grad():
+            for i, (n, p) in enumerate(zip(names, ps)):
+                mom[i] = mu * mom[i] + (g2[i] + wd * p)                                      # the descent step at theta + gamma v
+                p -= lr * mom[i]
+                if n in v: p -= gamma * v[n]
+    for (n, p), q in zip(l.model.named_parameters(), ps): assert torch.allclose(p, q, atol=1e-5), n
+    proxy = adv_learner(two, copy.deepcopy(m0), method='awp', gamma=gamma, robust_metric=False, steps=2, init='none',
+                        opt_func=default_opt(wd), wd_bn_bias=True)
+    with proxy.no_bar(), proxy.no_logging(): proxy.fit(1, lr)
+    assert max((p - q).abs().max().item() for p, q in zip(l.model.parameters(), proxy.model.parameters())) > 1e-5   # not AWP's proxy
+
+def test_post_step_counts_and_bad_values(dls):
+    "`post_step` runs its passes after every step (REAT's 'post_step' count sees each training AE once); bad values are refused"
+    class Seen(Callback):
+        order, run_valid = 100, False
+        def before_fit(self): self.n = 0
+        def after_step(self): self.n += len(self.learn.yb[0])
+    l = adv_learner(dls, tiny(), method='reat', robust_metric=False, steps=1, post_step=('adv', 'nat'), count_mode='post_step', cbs=Seen())
+    with l.no_bar(), l.no_logging(): l.fit(1, 0.05)
+    assert int(method_cb(l).ae_counts.sum()) == l.seen.n
+    with pytest.raises(ValueError, match='post_step'): adv_learner(dls, tiny(), method='reat', count_mode='post_step')
+    with pytest.raises(ValueError, match="'x'"): adv_learner(dls, tiny(), post_step=('x',))
+
 def test_awp_variants_and_bad_variant():
     "The official scripts' values (AT_AWP/train_cifar10.py, trades_AWP/train_trades_cifar.py)"
     a = AWPTrain()

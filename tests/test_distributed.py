@@ -1,6 +1,6 @@
 """Data-parallel training on DistributedDataParallel: 2 gloo processes against 1 on the same global batch give the same
 weights, counts and metrics for every method; `ltat train` under `torchrun --nproc_per_node 2` writes one set of outputs."""
-import os, sys, json, subprocess, warnings
+import os, sys, json, signal, subprocess, time, warnings
 from pathlib import Path
 import pytest, torch, torch.nn as nn
 import torch.distributed as dist, torch.multiprocessing as mp
@@ -10,6 +10,7 @@ from ltat.data import lt_dls
 import ltat.all, ltat.attacks   # ltat.all registers every method of every chapter
 from ltat.learner import adv_learner, AdvTrain, RobustAccuracy
 from ltat.fast import distrib_fit_ctx, DistribTrain
+from ltat.lt_at import finetune
 
 torch.set_num_threads(1)
 N_CLS, EPOCHS = 4, 2
@@ -65,6 +66,17 @@ def _train(method, tmp):
                 n_train=len(dls.train) * dls.train.bs, n_valid=len(dls.valid.dataset),
                 had_cb=any(isinstance(c, DistribTrain) for c in learn.cbs), is_module=type(learn.model) is Tiny)
 
+FT_KINDS = ('rs', 'lws', 'rw')
+
+def _finetune(kind):
+    "RoBal's one-epoch fine-tuning after a PGD-AT epoch: 'rs' and 'lws' (class-aware order, frozen body) and 'rw' (re-weighted)"
+    dls = lt_dls('synthetic', 2, bs=16, in_ch=1, img_size=8, n_classes=N_CLS, n_per_class=32, n_test=9, device='cpu', augment=False)
+    torch.manual_seed(0)
+    learn = adv_learner(dls, Tiny(), method='pgd_at', steps=1, robust_metric=False, fast=False)
+    with learn.no_bar(), learn.no_logging(), distrib_fit_ctx(learn): learn.fit(1, 0.05)
+    ft = finetune(learn, kind, lr=0.05)                 # its fit runs data-parallel itself (`distrib_fit_ctx` inside)
+    return torch.cat([p.detach().flatten() for p in ft.model.parameters()])
+
 # `ltat train` on both sides: small and quick, accuracy well above chance (10 classes) after 2 epochs
 TRAIN_ARGS = ['train', '--data', 'synthetic', '--ir', '10', '--epochs', '2', '--bs', '32', '--steps', '2', '--select-steps', '0',
               '--attacks', 'clean', '--lr', '0.05', '--quiet']
@@ -74,7 +86,9 @@ def _rank_methods(rank, out):
     torch.set_num_threads(1)
     # a file store: no TCP port to pick, so no port another program could take in between
     dist.init_process_group('gloo', init_method=f'file://{out}/store2', rank=rank, world_size=2)
-    try: res = {m: _train(m, f'{out}/teacher{rank}') for m in METHODS}
+    try:
+        res = {m: _train(m, f'{out}/teacher{rank}') for m in METHODS}
+        res['finetune'] = {k: _finetune(k) for k in FT_KINDS}
     finally: dist.destroy_process_group()
     torch.save(res, f'{out}/rank{rank}.pt')
 
@@ -84,7 +98,9 @@ def runs(tmp_path_factory):
     mp.spawn(_rank_methods, args=(str(out),), nprocs=2, join=True)
     # the reference: one process, the same global batch and the same sampler order (a group of one)
     dist.init_process_group('gloo', init_method=f'file://{out}/store1', rank=0, world_size=1)
-    try: single = {m: _train(m, str(out / 'teacher_single')) for m in METHODS}
+    try:
+        single = {m: _train(m, str(out / 'teacher_single')) for m in METHODS}
+        single['finetune'] = {k: _finetune(k) for k in FT_KINDS}
     finally: dist.destroy_process_group()
     # `ltat train` as users run it: the command under `torchrun --standalone` (torchrun picks its own free port)
     torchrun, ltat_bin = (str(Path(sys.executable).with_name(n)) for n in ('torchrun', 'ltat'))
@@ -97,6 +113,29 @@ def runs(tmp_path_factory):
     from ltat.cli import main
     assert main([*TRAIN_ARGS, '--out', str(out / 'one')]) == 0               # `ltat train` in one process
     return single, [torch.load(f'{out}/rank{r}.pt') for r in range(2)], out, stdout
+
+def _epoch_done(p):
+    try: return torch.load(p, weights_only=True)['epoch']
+    except Exception: return None     # not written yet (the write is atomic: never a torn file)
+
+@pytest.fixture(scope='module')
+def resumed(runs):
+    "The torchrun run of `runs` again, every process killed with SIGKILL after its first checkpoint, then resumed under torchrun"
+    *_, out, _ = runs
+    torchrun, ltat_bin = (str(Path(sys.executable).with_name(n)) for n in ('torchrun', 'ltat'))
+    cmd, env, d = [torchrun, '--standalone', '--nproc_per_node', '2', ltat_bin, *TRAIN_ARGS], {**os.environ, 'OMP_NUM_THREADS': '1'}, out / 'killed'
+    p = subprocess.Popen([*cmd, '--out', str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                         env=env, start_new_session=True)            # its own process group: the kill reaches every worker
+    t0, killed_at = time.time(), None
+    while time.time() - t0 < 300 and p.poll() is None:
+        e = _epoch_done(d / 'last.pth')
+        if e is not None and e >= 1: os.killpg(p.pid, signal.SIGKILL); killed_at = e; break
+        time.sleep(0.02)
+    p.wait(timeout=60)
+    assert killed_at == 1 and _epoch_done(d / 'last.pth') == 1, (killed_at, p.returncode)
+    r = subprocess.run([*cmd, '--out', str(d), '--resume'], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+    return out / 'two', d, r.stdout + r.stderr
 
 def _pick(runs, m): single, (r0, r1), *_ = runs; return single[m], (r0[m], r1[m])
 
@@ -117,6 +156,16 @@ def test_metrics_equal_single_process(runs, method):
         for vs, vd in zip(single['values'], r['values']):
             # valid loss, accuracy, rob_acc; train loss (index 0) is fastai's smoothed loss, all-gathered per batch
             for a, b in zip(vs[1:], vd[1:]): assert abs(a - b) < 1e-5, (single['values'], r['values'])
+
+@pytest.mark.parametrize('kind', FT_KINDS)
+def test_finetune_equal_single_process(runs, kind):
+    "RoBal's fine-tuning under torchrun: a frozen body ('rs', 'lws') and the class-aware order (sharded per batch) included"
+    single, (r0, r1), *_ = runs
+    a, b, c = single['finetune'][kind], r0['finetune'][kind], r1['finetune'][kind]
+    assert torch.equal(b, c)
+    d = (a - b).abs().max().item()
+    print(f"finetune {kind}: max |w_2proc - w_1proc| = {d:.2e}")
+    assert d < 1e-5, d
 
 def test_counts_equal_single_process(runs):
     single, (r0, r1) = _pick(runs, 'pgd_at')
@@ -141,6 +190,18 @@ def test_ltat_train_under_torchrun(runs):
     a = {k: _clean(v) for k, v in acc.items()}
     print('clean accuracy, 1 vs 2 processes:', a)
     assert min(a.values()) > 0.5 and abs(a['one'] - a['two']) < 0.15, a     # 10 classes: chance is 0.1
+
+def test_resume_under_torchrun(resumed):
+    "Killed after epoch 1 and resumed, both under torchrun: the weights of the uninterrupted 2-process run, one history"
+    ref, run, log = resumed
+    a, b = (torch.load(d / 'last.pth', weights_only=True) for d in (ref, run))
+    assert a['epoch'] == b['epoch'] == 2 and a['model'].keys() == b['model'].keys()
+    d = max((a['model'][k].float() - b['model'][k].float()).abs().max().item() for k in a['model'])
+    print(f"resumed under torchrun: max |w_resumed - w_uninterrupted| = {d:.2e}")
+    assert d < 1e-6, d
+    hist = (run / 'history.csv').read_text().splitlines()
+    assert hist[0].startswith('epoch,') and len(hist) == 3 and sum(l.startswith('epoch') for l in hist) == 1, hist
+    assert log.count('[last checkpoint]') == 1, log[-3000:]                 # rank 0 alone evaluates
 
 def _clean(card):
     "Overall clean accuracy of a result card"

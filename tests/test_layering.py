@@ -1,6 +1,6 @@
 """The house: each module of ltat imports only from the layers below it (imports inside functions count too), there is no
 import cycle, and every module imports alone in a fresh process."""
-import ast, subprocess, sys
+import ast, os, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -73,10 +73,51 @@ def test_cycle_detector_can_fail(monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], 'graph', lambda: {'a': {'b'}, 'b': {'a'}, 'theory': set()})
     with pytest.raises(AssertionError, match='cycles'): test_no_cycle()
 
+# A fresh interpreter that loads the third-party libraries once, then forks one child per ltat module: each child starts with
+# no ltat module loaded and imports its module alone (what a fresh process does, without paying for torch's import 33 times).
+_FORK_IMPORTS = r"""
+import importlib, os, sys, traceback
+for lib in os.environ.get('PRELOAD', 'numpy pandas matplotlib torch torchvision fastcore.all fastai.basics fastai.vision.all').split():
+    importlib.import_module(lib)
+assert not any(k == 'ltat' or k.startswith('ltat.') for k in sys.modules), 'ltat loaded before the fork'
+bad = {}
+for m in sys.argv[1:]:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try: importlib.import_module('ltat.' + m); code = 0
+        except BaseException: os.write(w, traceback.format_exc()[-1500:].encode()); code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f: err = f.read()
+    if os.waitpid(pid, 0)[1] != 0: bad[m] = err or 'the child died'
+print(repr(bad))
+"""
+
+def _import_alone(mods):
+    "{module: traceback} of the ltat modules that fail to import alone"
+    r = subprocess.run([sys.executable, '-c', _FORK_IMPORTS, *mods], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return eval(r.stdout.strip().splitlines()[-1])
+
 def test_every_module_imports_alone():
-    "Each module in a fresh process of its own (four at a time), so a module that works only after another was imported fails"
-    from concurrent.futures import ThreadPoolExecutor
-    run = lambda m: (m, subprocess.run([sys.executable, '-c', f'import ltat.{m}'], capture_output=True, text=True, timeout=600))
-    with ThreadPoolExecutor(4) as ex: res = list(ex.map(run, modules()))
-    bad = {m: r.stderr[-1500:] for m, r in res if r.returncode != 0}
+    "Each module in a process with no other ltat module loaded, so a module that works only after another was imported fails"
+    bad = _import_alone(modules())
     assert not bad, bad
+
+def test_import_alone_can_fail(tmp_path):
+    "The check sees a module that needs another one imported first (here, a name used before it exists)"
+    (tmp_path / 'ltat').mkdir()
+    (tmp_path / 'ltat' / '__init__.py').write_text('')
+    (tmp_path / 'ltat' / 'good.py').write_text('x = 1\n')
+    (tmp_path / 'ltat' / 'bad.py').write_text('import ltat\ny = ltat.good.x\n')      # works only once ltat.good is loaded
+    r = subprocess.run([sys.executable, '-c', _FORK_IMPORTS, 'good', 'bad'], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(tmp_path), 'PRELOAD': ''})
+    bad = eval(r.stdout.strip().splitlines()[-1])
+    assert set(bad) == {'bad'} and 'good' in bad['bad'], bad
+
+def test_top_modules_import_in_a_fresh_interpreter():
+    "The entry points in a truly fresh interpreter (no library preloaded at all)"
+    r = subprocess.run([sys.executable, '-c', 'import ltat.all, ltat.cli'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-1500:]

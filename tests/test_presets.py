@@ -94,6 +94,9 @@ OFFICIAL_LRS = {
     **{n: multistep_lrs(0.1, 100, (75, 90)) for n in ('pgd_at-rlt-cifar10-lt', 'robustlt-pgd_at-cifar10-lt', 'at_bsl-rlt-cifar10-lt',
                                                      'robustlt-at_bsl-cifar10-lt', 'taet-rlt-cifar10-lt', 'robustlt-taet-cifar10-lt',
                                                      'taet-cifar10-lt')},
+    # RobustLT's configs/cifar10lf: MultiStepLR([100, 150]) over 200 epochs (AWP), MultiStepLR([60, 75]) over 80 (REAT, RoBal)
+    **{f'{r}awp-{"" if r else "rlt-"}cifar10-lt': multistep_lrs(0.1, 200, (100, 150)) for r in ('', 'robustlt-')},
+    **{f'{r}{m}-{"" if r else "rlt-"}cifar10-lt': multistep_lrs(0.1, 80, (60, 75)) for m in ('reat', 'robal') for r in ('', 'robustlt-')},
 }
 OWN_PRESETS = {'fmnist-lt'}      # ltat's own one-cycle CPU benchmark: no official schedule
 
@@ -246,3 +249,36 @@ def test_awp_preset_crafts_as_official():
     from ltat.presets import protocol
     for n in ('awp-cifar10-lt', 'awp-official-cifar10-lt'): assert protocol(n)['attack_bn'].startswith('train')
     assert protocol('trades_awp-official-cifar10-lt')['attack_bn'] == 'eval'
+
+# ---- every RobustLT row trains: its method options (post_step, ascent, count_mode, class_eps) work together ----------
+RLT_ROWS = sorted(n for n in PRESETS if 'rlt-cifar10' in n or n.startswith('robustlt-'))
+
+def test_robustlt_rows_cover_its_repository():
+    "RobustLT's repository runs PGD-AT, AT-BSL, TAET, AWP, REAT and RoBal, each with and without its plug-in"
+    methods = {PRESETS[n]['method'] for n in RLT_ROWS}
+    assert methods == {'pgd_at', 'at_bsl', 'taet', 'awp', 'reat', 'robal'} and len(RLT_ROWS) == 12, RLT_ROWS
+    for n in RLT_ROWS:
+        on = PRESETS[n]['method_kw'].get('class_eps') == 'robustlt'
+        assert on == n.startswith('robustlt-'), n
+        assert PRESETS[n]['method_kw']['post_step'] in (('adv', 'nat'), ('nat', 'adv')), n
+
+@pytest.mark.parametrize('name', RLT_ROWS)
+def test_robustlt_row_trains(name):
+    "Two epochs of the row's method with the row's options (head included) on a tiny synthetic set: finite losses"
+    import math, warnings
+    import ltat.all
+    from ltat.data import lt_dls
+    from ltat.models import create_model
+    from ltat.learner import adv_learner
+    r = preset(name)
+    kw = {k: v for k, v in (r.get('arch_kw') or {}).items() if k not in ('mean', 'std')}
+    if r['head'] != 'linear': kw['head'] = r['head']
+    dls = lt_dls('synthetic', 10, bs=16, in_ch=1, img_size=12, n_per_class=16, n_test=2, augment=False, device='cpu')
+    torch.manual_seed(0)
+    model = create_model('small_cnn', 10, in_ch=1, width=4, hidden=8, **kw)
+    mkw = {**r['method_kw'], **({'ce_epochs': 1} if r['method'] == 'taet' else {})}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        l = adv_learner(dls, model, method=r['method'], steps=1, robust_metric=False, **mkw)
+        with l.no_bar(), l.no_logging(): l.fit(2, 0.05)
+    assert all(math.isfinite(float(v)) for v in l.recorder.losses)
