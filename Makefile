@@ -57,9 +57,10 @@ docs-proc: setup
 nbs-test:
 	$(BIN)/nbdev-test --n-workers 2 --timing
 
-## the tests of tests/ (README.md rendered from nbs/index.ipynb included)
+## the tests of tests/ (README.md rendered from nbs/index.ipynb included), two files at a time (pytest-xdist; a file's
+## tests share one worker, so a file's module-scoped fixture runs once)
 pytest:
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 ## also the cells flagged slow (long CPU runs) and cuda (need a GPU)
 test-all: setup export-check clean-check docs-check

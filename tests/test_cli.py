@@ -9,9 +9,17 @@ def run(*args, **kw):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     return subprocess.run(LTAT + list(args), capture_output=True, text=True, env=env, timeout=600, **kw)
 
-def test_help_lists_commands():
-    r = run('--help'); assert r.returncode == 0 and all(c in r.stdout for c in ('train', 'eval', 'demo'))
-    r = run('train', '--help'); assert r.returncode == 0 and '--ir' in r.stdout and '--method' in r.stdout
+def in_process(args, capsys):
+    "`ltat ARGS` in this process: (exit code, stdout, stderr); the console script's own exit status is tested below"
+    from ltat.cli import main
+    try: rc = main(list(args))
+    except SystemExit as e: rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+def test_help_lists_commands(capsys):
+    rc, out, _ = in_process(['--help'], capsys); assert rc == 0 and all(c in out for c in ('train', 'eval', 'demo'))
+    rc, out, _ = in_process(['train', '--help'], capsys); assert rc == 0 and '--ir' in out and '--method' in out
 
 def test_console_script_installed():
     exe = Path(sys.executable).parent / 'ltat'
@@ -24,10 +32,15 @@ def test_console_script_installed():
                                       (('train', '--profile', 'linear'), "'linear'"), (('fly',), "'fly'"),
                                       (('eval', '/nonexistent/best.pth'), '/nonexistent/best.pth'),
                                       (('train', '--data', 'cifar10', '--path', '/nonexistent', '--download', 'False'), '/nonexistent')])
-def test_bad_input_exit_2(args, msg):
-    r = run(*args, '--quiet') if args[0] in ('train', 'eval') else run(*args)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert msg in r.stderr, r.stderr
+def test_bad_input_exit_2(args, msg, capsys):
+    rc, out, err = in_process([*args, '--quiet'] if args[0] in ('train', 'eval') else args, capsys)
+    assert rc == 2, (out, err)
+    assert msg in err, err
+
+def test_bad_input_exit_status_of_the_process():
+    "The same through a real process: exit status 2 and the message on stderr"
+    r = run('train', '--method', 'madry', '--quiet')
+    assert r.returncode == 2 and "'madry'" in r.stderr, (r.stdout, r.stderr)
 
 def test_train_writes_cards_and_checkpoints(tmp_path):
     out = tmp_path / 'run'
