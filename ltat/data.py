@@ -110,10 +110,11 @@ def balanced_indices(labels, # labels of the (long-tailed) set to re-sample
         else: out.append(rng.choice(idx, per_class, replace=True))
     return np.concatenate(out)
 
-# %% ../nbs/01_data.ipynb #16e3da66
+# %% ../nbs/01_data.ipynb #a389e68f
 class CorruptFileError(ValueError, OSError):
     "A data file is truncated or not in the format its name promises"
 
+# %% ../nbs/01_data.ipynb #4fb73a1c
 _C10 = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 _C100 = ('apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle', 'bottle', 'bowl', 'boy', 'bridge',
          'bus', 'butterfly', 'camel', 'can', 'castle', 'caterpillar', 'cattle', 'chair', 'chimpanzee', 'clock', 'cloud', 'cockroach',
@@ -148,6 +149,7 @@ dataset_info = {
         looks_in=(), classes=None, get="generated from `data_seed`; nothing to fetch"),
 }
 
+# %% ../nbs/01_data.ipynb #5d0cbfa1
 def data_path(path=None) -> Path:
     "`path`, else `$LTAT_DATA`, else `~/.ltat/data`"
     return Path(path if path is not None else os.environ.get('LTAT_DATA', '~/.ltat/data')).expanduser()
@@ -322,7 +324,7 @@ def synthetic_data(train:bool=True, n_classes:int=10, n_per_class:int=200, n_tes
     x = np.round(x * 255).astype(np.uint8).transpose(0, 2, 3, 1)
     return (x[..., 0] if in_ch == 1 else np.ascontiguousarray(x)), y
 
-# %% ../nbs/01_data.ipynb #5ad6c8d4
+# %% ../nbs/01_data.ipynb #222b5b32
 def _tv_fetch(name, root, train):
     import torchvision.datasets as tvd
     if name == 'cifar10':         tvd.CIFAR10(root, train=train, download=True)
@@ -342,6 +344,7 @@ _DOWNLOADABLE = ('cifar10', 'cifar100', 'svhn', 'fashion_mnist')
 _ALIASES = {'cifar_10': 'cifar10', 'cifar_100': 'cifar100', 'fmnist': 'fashion_mnist', 'fashionmnist': 'fashion_mnist',
             'tinyimagenet': 'tiny_imagenet', 'tiny_imagenet_200': 'tiny_imagenet'}
 
+# %% ../nbs/01_data.ipynb #b5337d18
 def dataset_name(name:str) -> str:
     "Canonical registry name of `name` (case, '-' and a few aliases tolerated)"
     key = str(name).lower().replace('-', '_')
@@ -349,6 +352,7 @@ def dataset_name(name:str) -> str:
     if key not in dataset_info: raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(map(repr, dataset_info))}")
     return key
 
+# %% ../nbs/01_data.ipynb #4d552d81
 def load_dataset(name:str, train:bool=True, path=None, download:bool=True, **kwargs) -> tuple:
     "Images (uint8) and labels (int64) of one split of dataset `name`, fetched with torchvision if missing and `download`"
     name = dataset_name(name)
@@ -844,7 +848,7 @@ def imagenet_lt_dls(path=None, # the ImageNet folder the lists' paths are relati
         setattr(dls, k, v)
     return dls
 
-# %% ../nbs/01_data.ipynb #de118488
+# %% ../nbs/01_data.ipynb #b80bdd0f
 def robustlt_split(labels, # training labels of the base set, classes 0..C-1
                    counts, # images per class to take, class 0 first
                    seed:int=102, # seed of the one `np.random.default_rng` (RobustLT: 102, 103, 104)
@@ -860,6 +864,7 @@ def robustlt_split(labels, # training labels of the base set, classes 0..C-1
         train.append(idx[:k]); val.append(idx[k:n])
     return np.concatenate(train), np.concatenate(val)
 
+# %% ../nbs/01_data.ipynb #ff4cf52e
 def _robustlt_dls(name, vocab, xtr, ytr, xte, yte, ir, C, seed, validation, bs, device, augment, train_seed) -> LTDataLoaders:
     "LTDataLoaders of RobustLT's subset of (xtr, ytr), classes 0..C-1, and the test split (xte, yte)"
     _check_ir(ir)
@@ -896,6 +901,7 @@ def tiny_imagenet_lt_dls(path=None, # Tiny-ImageNet folder, as for `lt_dls('tiny
     return _robustlt_dls('tiny_imagenet_lt', _class_names('tiny_imagenet', path, int(n_classes)), xtr, ytr, xte, yte, ir, int(n_classes),
                          seed, validation, bs, device, augment, train_seed)
 
+# %% ../nbs/01_data.ipynb #fda26e06
 def read_imagenet64(path, # folder of Downsampled ImageNet 64x64: `train_data_batch_{1..10}.npz`, `val_data.npz`
                     train:bool=True,
                     n_classes:int|None=None, # keep labels 1..n only (RobustLT: 20), read batch by batch
